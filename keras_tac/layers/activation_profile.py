@@ -1,0 +1,109 @@
+import keras
+
+from keras_tac.api_export import keras_tac_export
+from keras_tac.layers.slice_reduce import SliceReduce
+from keras_tac.layers.tap_pooling import TapPooling
+from keras_tac.layers.tap_projection import TapProjection
+
+
+@keras_tac_export
+class ActivationProfile(keras.layers.Layer):
+    """Turns one tapped activation into its activation profile.
+
+    Pool (`TapPooling`), project (`TapProjection`), slice and reduce
+    (`SliceReduce`): a tensor of shape `(batch, ..., C)` becomes a vector of
+    `num_slices` scalars per sample. A TAC model concatenates the profiles of
+    all its taps and matches them against the class codes.
+
+    Args:
+        num_slices: int. Slices (code bits) for this tap, at most its width
+            `C`. Defaults to `16`.
+        projection: str. `"none"`, `"small"`, `"large"` or `"very_large"`
+            (see `TapProjection`). Defaults to `"small"`.
+        slicing: str. `"uniform"` or `"random"`. Defaults to `"uniform"`.
+        reduction: str. `"mean"` or `"median"`. Defaults to `"mean"`.
+        seed: int. Seed of the projection's initializers and the random
+            slicing. Defaults to `0`.
+        **kwargs: base layer arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: a tensor of rank 2 or more, channels last.
+
+    Returns:
+        A tensor of shape `(batch, num_slices)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = ActivationProfile(num_slices=4)
+    >>> layer(np.ones((2, 7, 7, 32), "float32")).shape
+    (2, 4)
+
+    Reference:
+        [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488)
+    """
+
+    def __init__(
+        self,
+        num_slices=16,
+        projection="small",
+        slicing="uniform",
+        reduction="mean",
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_slices = num_slices
+        self.projection = projection
+        self.slicing = slicing
+        self.reduction = reduction
+        self.seed = seed
+        self.pooling = TapPooling(dtype=self.dtype_policy, name="pooling")
+        self.projector = TapProjection(
+            projection, seed=seed, dtype=self.dtype_policy, name="projection"
+        )
+        self.slice_reduce = SliceReduce(
+            num_slices,
+            slicing=slicing,
+            reduction=reduction,
+            seed=seed,
+            dtype=self.dtype_policy,
+            name="slice_reduce",
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(
+                "ActivationProfile expected a tapped tensor of rank 2 or more "
+                f"with a known channel count. Received shape {input_shape}"
+            )
+        width = input_shape[-1]
+        if self.num_slices > width:
+            raise ValueError(
+                "Invalid `num_slices`: expected a positive int no larger than "
+                f"the tapped width {width}. Received: num_slices="
+                f"{self.num_slices} (layer {self.name!r})"
+            )
+        pooled_shape = (input_shape[0], width)
+        self.pooling.build(input_shape)
+        self.projector.build(pooled_shape)
+        self.slice_reduce.build(pooled_shape)
+
+    def call(self, inputs):
+        return self.slice_reduce(self.projector(self.pooling(inputs)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_slices)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_slices": self.num_slices,
+                "projection": self.projection,
+                "slicing": self.slicing,
+                "reduction": self.reduction,
+                "seed": self.seed,
+            }
+        )
+        return config

@@ -1,0 +1,49 @@
+import keras
+from keras import ops
+
+from keras_tac.api_export import keras_tac_export
+
+
+@keras_tac_export
+class TapPooling(keras.layers.Layer):
+    """Averages a tapped activation over its spatial or sequence axes.
+
+    A tensor of shape `(batch, d1, ..., dn, channels)` becomes
+    `(batch, channels)`: the mean over every axis but the first and the last
+    (channels last, as Keras lays out convolutions by default). A 2-D input
+    `(batch, channels)` passes through unchanged.
+
+    Call arguments:
+        inputs: a tensor of rank 2 or more.
+
+    Returns:
+        A tensor of shape `(batch, channels)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> TapPooling()(np.ones((2, 5, 5, 3))).shape
+    (2, 3)
+
+    Reference:
+        [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488)
+    """
+
+    def call(self, inputs):
+        rank = len(inputs.shape)
+        if rank < 2:
+            raise ValueError(
+                "TapPooling expected an input of rank 2 or more "
+                f"(batch, ..., channels). Received shape {inputs.shape}"
+            )
+        if rank == 2:
+            return inputs
+        return ops.mean(inputs, axis=tuple(range(1, rank - 1)))
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                "TapPooling expected an input of rank 2 or more "
+                f"(batch, ..., channels). Received shape {input_shape}"
+            )
+        return (input_shape[0], input_shape[-1])

@@ -1,0 +1,713 @@
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_tac import codes as codes_lib
+from keras_tac import tapping
+from keras_tac import validation
+from keras_tac.api_export import keras_tac_export
+from keras_tac.layers.activation_profile import ActivationProfile
+from keras_tac.layers.code_matching import CodeMatching
+from keras_tac.layers.tap_projection import PROJECTION_DEPTHS
+from keras_tac.losses.tac_loss import MAX_TEMPERATURE
+from keras_tac.losses.tac_loss import MIN_TEMPERATURE
+from keras_tac.losses.tac_loss import labels_to_probabilities
+from keras_tac.losses.tac_loss import tac_loss
+
+SCORES = ("distance", "nearest_distance", "inner_product")
+BASE_OUTPUTS = ("auto", "logits", "probabilities")
+REJECTION_KEYS = (
+    "prediction",
+    "confidence",
+    "accepted",
+    "tac_prediction",
+    "tac_confidence",
+)
+
+
+@keras_tac_export
+class TACModel(keras.Model):
+    """A classifier that knows when it is likely wrong: Total Activation
+    Classifier (TAC) on top of a Keras classifier.
+
+    Taps intermediate layers of `base_model`, turns each tapped activation
+    into a short activation profile (`ActivationProfile`: pool, project,
+    slice, reduce), concatenates the profiles into `z` and trains the
+    projections so that `z` matches a fixed binary code of the input's class
+    (`tac_loss`). At inference the match between `z` and the code of the base
+    head's prediction is a confidence score, used to accept, reject or defer.
+
+    In add-on mode (`train_base=False`, the default) the base model is frozen:
+    its weights and predictions stay exactly as they were. With
+    `train_base=True` base and TAC train jointly (BatchNorm in training mode),
+    adding the base head's cross-entropy to the objective.
+
+    Confidence scores (`score=`; higher is more confident), with
+    `d_k = ||z - c_k||_1 / M`:
+
+    - `"distance"` (default): `-d_pred`, the negative distance of the profile
+      to the predicted class's code. It stays low for garbage inputs, whose
+      profiles land far from every code.
+    - `"nearest_distance"`: `-min_k d_k`, the distance to the nearest code.
+    - `"inner_product"`: `<z, c_pred>`, the reference's score. Unbounded, so
+      an input with a large profile (e.g. noise) can look very confident.
+
+    The model's outputs (`predict`, `__call__`) are a dict with
+    `"base_output"` (the base head), `"profile"`, `"distances"`,
+    `"prediction"`, `"confidence"`, `"tac_prediction"`, `"tac_confidence"` and
+    `"input_is_finite"`.
+
+    Args:
+        base_model: a built `keras.Model` (Functional or Sequential) whose
+            single output is `(batch, num_classes)` logits or probabilities.
+        tap_layers: list of layer names, paths (`"backbone/conv_2"`) or
+            layers to tap, possibly inside nested sub-models; `None` taps the
+            last layer of each resolution stage, at most 4 (see
+            `keras_tac.tapping.default_tap_layers`). Defaults to `None`.
+        num_slices: int. Cap on slices (code bits) per tap. The block width
+            is the smallest power of two above `num_classes` (Hadamard codes)
+            or, if that exceeds the cap, the cap (random unique codes).
+            Defaults to `16`.
+        projection: str. `"none"`, `"small"`, `"large"` or `"very_large"`.
+            Defaults to `"small"`.
+        train_base: bool. Train the base model jointly. Defaults to `False`.
+        seed: int. Seed of codes, random slices, initializers and
+            regularisers. Defaults to `0`.
+        slicing: str. `"uniform"` or `"random"`. Defaults to `"uniform"`.
+        reduction: str. `"mean"` or `"median"`. Defaults to `"mean"`.
+        score: str. Default confidence score, one of `"distance"`,
+            `"nearest_distance"`, `"inner_product"`. Defaults to
+            `"distance"`.
+        temperature: float in `[1e-4, 50]`. Defaults to `10.0`.
+        trainable_temperature: bool. Train the temperature too (clamped).
+            Defaults to `False`, as the reference in effect does.
+        cross_entropy_weight: float. Defaults to `1.0`.
+        regression_weight: float. Defaults to `10.0`.
+        base_loss_weight: float. Weight of the base head's cross-entropy in
+            joint training. Defaults to `1.0`.
+        code_noise: float in `[0, 1)`. Probability of flipping each code
+            entry in the cross-entropy term during training. Defaults to `0`.
+        mixup_alpha: float. Mixup with `Beta(alpha, alpha)` during training
+            when positive (the reference uses 0.2 on CIFAR-10). Defaults to
+            `0`.
+        base_output: str. `"logits"`, `"probabilities"`, or `"auto"` (read
+            from the output layer's activation). Defaults to `"auto"`.
+        **kwargs: `keras.Model` arguments such as `name`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(inputs)
+    >>> h = keras.layers.GlobalAveragePooling2D()(h)
+    >>> h = keras.layers.Dense(16, activation="relu", name="features")(h)
+    >>> base = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+    >>> tac = TACModel(base, tap_layers=["conv", "features"], num_slices=4)
+    >>> tac.codes.shape
+    (3, 8)
+    >>> tac.compile(optimizer="adam")
+    >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
+    >>> y = np.random.randint(0, 3, size=32)
+    >>> _ = tac.fit(x, y, epochs=1, verbose=0)
+    >>> _ = tac.calibrate(x, target_coverage=0.9, verbose=0)
+    >>> out = tac.predict_with_rejection(x, verbose=0)
+    >>> sorted(out)
+    ['accepted', 'confidence', 'prediction', 'tac_confidence', 'tac_prediction']
+
+    Reference:
+        [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488)
+    """
+
+    def __init__(
+        self,
+        base_model,
+        tap_layers=None,
+        num_slices=16,
+        projection="small",
+        train_base=False,
+        seed=0,
+        slicing="uniform",
+        reduction="mean",
+        score="distance",
+        temperature=10.0,
+        trainable_temperature=False,
+        cross_entropy_weight=1.0,
+        regression_weight=10.0,
+        base_loss_weight=1.0,
+        code_noise=0.0,
+        mixup_alpha=0.0,
+        base_output="auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_base_model(base_model)
+        _check_choice("projection", projection, tuple(PROJECTION_DEPTHS))
+        _check_choice("score", score, SCORES)
+        _check_choice("base_output", base_output, BASE_OUTPUTS)
+        _check_range(
+            "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
+        )
+        _check_range("code_noise", code_noise, 0.0, 0.999)
+        _check_range("mixup_alpha", mixup_alpha, 0.0, math.inf)
+        if train_base and not base_model.trainable:
+            raise ValueError(
+                "`train_base=True` but `base_model.trainable` is False. Set "
+                "`base_model.trainable = True` or use `train_base=False`."
+            )
+        self.base_model = base_model
+        self.train_base = bool(train_base)
+        self.num_slices = num_slices
+        self.projection = projection
+        self.seed = seed
+        self.slicing = slicing
+        self.reduction = reduction
+        self.score = score
+        self.initial_temperature = float(temperature)
+        self.trainable_temperature = bool(trainable_temperature)
+        self.cross_entropy_weight = float(cross_entropy_weight)
+        self.regression_weight = float(regression_weight)
+        self.base_loss_weight = float(base_loss_weight)
+        self.code_noise = float(code_noise)
+        self.mixup_alpha = float(mixup_alpha)
+        self.base_output = base_output
+        self.base_outputs_probabilities = (
+            _ends_in_softmax(base_model)
+            if base_output == "auto"
+            else base_output == "probabilities"
+        )
+        if not self.train_base:
+            base_model.trainable = False
+
+        if tap_layers is None:
+            tap_layers = tapping.default_tap_layers(base_model)
+        taps = tapping.resolve_taps(base_model, tap_layers)
+        self.tap_layers = [path for path, _ in taps]
+        # Shares the base's layers and weights; not tracked, so weights are
+        # saved once, under `base_model`.
+        object.__setattr__(
+            self, "_tap_model", tapping.tap_model(base_model, taps)
+        )
+        self.num_classes = int(base_model.outputs[0].shape[-1])
+        self.input_shapes = [tuple(t.shape) for t in base_model.inputs]
+
+        codes, block_width = codes_lib.class_codes(
+            self.num_classes, len(taps), max_block_width=num_slices, seed=seed
+        )
+        tap_shapes = [tuple(t.shape) for t in self._tap_model.outputs[1:]]
+        for (path, _), shape in zip(taps, tap_shapes):
+            if len(shape) < 2 or not shape[-1] or shape[-1] < block_width:
+                raise ValueError(
+                    f"Invalid `num_slices`: tap {path!r} has width "
+                    f"{shape[-1]} (output shape {shape}) but each tap needs "
+                    f"{block_width} slices (code bits) for {self.num_classes} "
+                    f"classes with num_slices={num_slices}. Tap a wider layer "
+                    "or lower `num_slices`."
+                )
+        self.block_width = block_width
+        self.profile_layers = []
+        for index, ((path, _), shape) in enumerate(zip(taps, tap_shapes)):
+            layer = ActivationProfile(
+                num_slices=block_width,
+                projection=projection,
+                slicing=slicing,
+                reduction=reduction,
+                seed=seed + index,
+                name=f"profile_{index}",
+            )
+            layer.build(shape)
+            self.profile_layers.append(layer)
+        self.code_matching = CodeMatching(codes, name="code_matching")
+        self.temperature = self.add_weight(
+            name="temperature",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_temperature),
+            trainable=self.trainable_temperature,
+            dtype="float32",
+        )
+        # NaN until `calibrate` sets it: an uncalibrated model rejects nothing
+        # silently, it refuses to decide.
+        self.rejection_threshold = self.add_weight(
+            name="rejection_threshold",
+            shape=(),
+            initializer=keras.initializers.Constant(float("nan")),
+            trainable=False,
+            dtype="float32",
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.base_accuracy_tracker = keras.metrics.Mean(name="base_accuracy")
+        self.tac_accuracy_tracker = keras.metrics.Mean(name="tac_accuracy")
+        self.built = True
+
+    # ------------------------------------------------------------------
+    # Properties
+    # ------------------------------------------------------------------
+    @property
+    def codes(self):
+        """The class codes, a NumPy array `(num_classes, M)` of +1/-1."""
+        codes = ops.convert_to_numpy(self.code_matching.codes)
+        return codes.astype(np.int8)
+
+    @property
+    def min_hamming_distance(self):
+        """Minimum number of code bits in which two classes differ."""
+        return codes_lib.min_hamming_distance(self.codes)
+
+    @property
+    def threshold(self):
+        """The stored rejection threshold, or `None` before `calibrate`."""
+        value = float(ops.convert_to_numpy(self.rejection_threshold))
+        return None if math.isnan(value) else value
+
+    # ------------------------------------------------------------------
+    # Forward pass
+    # ------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        outputs = {}
+        if training and self.mixup_alpha > 0:
+            inputs, mix_weight, permutation = self._mix(inputs)
+            outputs["mixup_weight"] = mix_weight
+            outputs["mixup_permutation"] = permutation
+        tapped = self._tap_model(
+            inputs, training=bool(training) and self.train_base
+        )
+        base_output, taps = tapped[0], tapped[1:]
+        profile = ops.concatenate(
+            [
+                ops.cast(layer(tap, training=training), "float32")
+                for layer, tap in zip(self.profile_layers, taps)
+            ],
+            axis=-1,
+        )
+        distances = self.code_matching(profile)
+        prediction = ops.cast(ops.argmax(base_output, axis=-1), "int32")
+        tac_prediction = self.code_matching.nearest_codes(profile)
+        outputs.update(
+            {
+                "base_output": base_output,
+                "profile": profile,
+                "distances": distances,
+                "prediction": prediction,
+                "confidence": self._score(profile, distances, prediction),
+                "tac_prediction": tac_prediction,
+                "tac_confidence": self._score(
+                    profile, distances, tac_prediction
+                ),
+                "input_is_finite": _finite_per_sample(inputs),
+            }
+        )
+        return outputs
+
+    def _score(self, profile, distances, predicted, score=None):
+        score = score or self.score
+        if score == "nearest_distance":
+            return -ops.min(distances, axis=-1)
+        if score == "inner_product":
+            matches = self.code_matching.inner_products(profile)
+        else:
+            matches = -distances
+        index = ops.expand_dims(predicted, axis=-1)
+        return ops.squeeze(
+            ops.take_along_axis(matches, index, axis=-1), axis=-1
+        )
+
+    def _mix(self, inputs):
+        first = keras.tree.flatten(inputs)[0]
+        batch_size = ops.shape(first)[0]
+        mix_weight = keras.random.beta(
+            (), self.mixup_alpha, self.mixup_alpha, seed=self.seed_generator
+        )
+        permutation = keras.random.shuffle(
+            ops.arange(batch_size), seed=self.seed_generator
+        )
+
+        def mix(x):
+            weight = ops.cast(mix_weight, x.dtype)
+            return weight * x + (1 - weight) * ops.take(x, permutation, axis=0)
+
+        mixed = keras.tree.map_structure(mix, inputs)
+        mix_weight = ops.broadcast_to(
+            ops.cast(mix_weight, "float32"), (batch_size,)
+        )
+        return mixed, mix_weight, permutation
+
+    # ------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Configures training. The TAC objective and the metrics
+        `base_accuracy` and `tac_accuracy` are built in, so `loss` and
+        `metrics` must stay `None`. Other arguments go to
+        `keras.Model.compile`."""
+        if loss is not None:
+            raise ValueError(
+                "TACModel computes its own objective (see `tac_loss`); "
+                f"expected loss=None. Received: loss={loss!r}"
+            )
+        if metrics:
+            raise ValueError(
+                "TACModel tracks `base_accuracy` and `tac_accuracy` itself; "
+                f"expected metrics=None. Received: metrics={metrics!r}"
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        optimizer = config.pop("optimizer", None)
+        if isinstance(optimizer, dict):
+            # By class name, not module: a model saved under one backend
+            # records that backend's optimizer module (e.g. torch_adam).
+            optimizer = keras.optimizers.deserialize(
+                {
+                    "class_name": optimizer["class_name"],
+                    "config": optimizer["config"],
+                }
+            )
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(optimizer=optimizer or "adam", **config)
+        if hasattr(self, "optimizer") and self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        if y is None:
+            raise ValueError(
+                "TACModel needs class labels to train: pass `y` (integer "
+                "labels) to `fit`/`evaluate`, or a dataset of (x, y) pairs."
+            )
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        probabilities = labels_to_probabilities(y, self.num_classes)
+        if "mixup_weight" in y_pred:
+            weight = ops.expand_dims(y_pred["mixup_weight"], axis=-1)
+            shuffled = ops.take(
+                probabilities, y_pred["mixup_permutation"], axis=0
+            )
+            probabilities = weight * probabilities + (1 - weight) * shuffled
+        loss = tac_loss(
+            probabilities,
+            y_pred["profile"],
+            self.code_matching.codes,
+            temperature=self.temperature,
+            cross_entropy_weight=self.cross_entropy_weight,
+            regression_weight=self.regression_weight,
+            code_noise=self.code_noise if training else 0.0,
+            seed=self.seed_generator,
+        )
+        if self.train_base:
+            base_loss = keras.losses.categorical_crossentropy(
+                probabilities,
+                ops.cast(y_pred["base_output"], "float32"),
+                from_logits=not self.base_outputs_probabilities,
+            )
+            loss = loss + self.base_loss_weight * base_loss
+        if sample_weight is not None:
+            loss = loss * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        loss = ops.mean(loss)
+        for extra in self.losses:
+            loss = loss + ops.cast(extra, "float32")
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        labels = ops.argmax(
+            labels_to_probabilities(y, self.num_classes), axis=-1
+        )
+        labels = ops.cast(labels, "int32")
+        for tracker, key in (
+            (self.base_accuracy_tracker, "prediction"),
+            (self.tac_accuracy_tracker, "tac_prediction"),
+        ):
+            correct = ops.cast(ops.equal(y_pred[key], labels), "float32")
+            tracker.update_state(correct, sample_weight=sample_weight)
+        return self.get_metrics_result()
+
+    def fit(self, x=None, y=None, validation_data=None, **kwargs):
+        self._check_data(x, y, "fit")
+        if (
+            isinstance(validation_data, (list, tuple))
+            and len(validation_data) >= 2
+        ):
+            self._check_data(validation_data[0], validation_data[1], "fit")
+        return super().fit(x, y, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        self._check_data(x, y, "evaluate")
+        return super().evaluate(x, y, **kwargs)
+
+    # ------------------------------------------------------------------
+    # Rejection
+    # ------------------------------------------------------------------
+    def calibrate(
+        self, x, y=None, target_coverage=0.9, batch_size=None, verbose="auto"
+    ):
+        """Picks and stores the rejection threshold on held-out data.
+
+        The threshold is the largest confidence that accepts at least
+        `target_coverage` of the calibration inputs (inputs with non-finite
+        values are counted and never accepted). It is stored in the model,
+        saved with it and baked into exports.
+
+        Args:
+            x: held-out inputs (not the training data).
+            y: optional integer labels, to report the accuracy on accepted
+                inputs.
+            target_coverage: float in `(0, 1]`. Fraction of inputs to accept.
+                Defaults to `0.9`.
+            batch_size: int or `None`. Defaults to `None` (32).
+            verbose: progress bar setting, as in `predict`. Defaults to
+                `"auto"`.
+
+        Returns:
+            A dict with `"threshold"`, `"coverage"` (achieved on `x`) and,
+            when `y` is given, `"accuracy"` and `"selective_accuracy"` of the
+            base head (on all and on accepted inputs).
+        """
+        if not isinstance(target_coverage, (int, float)) or not (
+            0 < target_coverage <= 1
+        ):
+            raise ValueError(
+                "Invalid `target_coverage`: expected a float in (0, 1]. "
+                f"Received: target_coverage={target_coverage!r}"
+            )
+        num_samples = self._check_data(
+            x, None, "calibrate", allow_non_finite=True
+        )
+        if y is not None and num_samples is not None:
+            y = validation.check_labels(
+                y, self.num_classes, num_samples, "calibrate"
+            )
+        outputs = self.predict(x, batch_size=batch_size, verbose=verbose)
+        confidence = outputs["confidence"]
+        valid = outputs["input_is_finite"] & np.isfinite(confidence)
+        if not valid.any():
+            raise ValueError(
+                "Cannot calibrate: no calibration input gave a finite "
+                "confidence (all inputs are non-finite)."
+            )
+        ranked = np.sort(confidence[valid])[::-1]
+        wanted = math.ceil(target_coverage * len(confidence)) - 1
+        threshold = float(ranked[min(max(wanted, 0), len(ranked) - 1)])
+        self.rejection_threshold.assign(threshold)
+        accepted = valid & (confidence >= threshold)
+        summary = {"threshold": threshold, "coverage": float(accepted.mean())}
+        if y is not None:
+            labels = y.argmax(axis=1) if y.ndim == 2 else y
+            correct = outputs["prediction"] == labels
+            summary["accuracy"] = float(correct.mean())
+            summary["selective_accuracy"] = float(correct[accepted].mean())
+        return summary
+
+    def predict_with_rejection(
+        self, x, threshold=None, batch_size=None, verbose="auto"
+    ):
+        """Predicts and decides, for each input, to accept or reject.
+
+        Args:
+            x: inputs, as for `predict`. Samples holding NaN or infinite
+                values are allowed and are never accepted.
+            threshold: float or `None`. Overrides the threshold stored by
+                `calibrate`. Defaults to `None`.
+            batch_size: int or `None`. Defaults to `None` (32).
+            verbose: progress bar setting, as in `predict`. Defaults to
+                `"auto"`.
+
+        Returns:
+            A dict of NumPy arrays with one row per input:
+            `"prediction"` (int32, the base head's class), `"confidence"`
+            (float32, TAC's confidence in it; higher is more confident),
+            `"accepted"` (bool, `confidence >= threshold` and finite input),
+            `"tac_prediction"` (int32, TAC's nearest-code class) and
+            `"tac_confidence"` (float32, the confidence in that class).
+        """
+        if threshold is None:
+            threshold = self.threshold
+            if threshold is None:
+                raise ValueError(
+                    "No rejection threshold: call `calibrate(x_val, y_val)` "
+                    "first, or pass `threshold=`."
+                )
+        elif not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise ValueError(
+                "Invalid `threshold`: expected a number. "
+                f"Received: threshold={threshold!r}"
+            )
+        self._check_data(
+            x, None, "predict_with_rejection", allow_non_finite=True
+        )
+        outputs = self.predict(x, batch_size=batch_size, verbose=verbose)
+        confidence = outputs["confidence"]
+        with np.errstate(invalid="ignore"):
+            accepted = (
+                outputs["input_is_finite"]
+                & np.isfinite(confidence)
+                & (confidence >= threshold)
+            )
+        result = {
+            key: outputs[key] for key in REJECTION_KEYS if key != "accepted"
+        }
+        result["accepted"] = accepted
+        return {key: result[key] for key in REJECTION_KEYS}
+
+    def _check_data(self, x, y, where, allow_non_finite=False):
+        """Validates arrays up front; datasets by their element spec."""
+        spec = getattr(x, "element_spec", None)
+        if spec is not None:
+            self._check_element_spec(spec, where)
+            return None
+        if x is None or not _is_arrays(x):
+            return None
+        num_samples = validation.check_inputs(
+            x, self.input_shapes, where, allow_non_finite=allow_non_finite
+        )
+        if where in ("fit", "evaluate"):
+            validation.check_labels(y, self.num_classes, num_samples, where)
+        return num_samples
+
+    def _check_element_spec(self, spec, where):
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            if where in ("fit", "evaluate"):
+                raise ValueError(
+                    f"`{where}` expected a dataset of (inputs, labels) pairs. "
+                    f"Received a dataset with element spec {spec}"
+                )
+            return
+        labels = spec[1]
+        dtype = getattr(labels, "dtype", None)
+        if dtype is not None and not (dtype.is_integer or dtype.is_floating):
+            raise TypeError(
+                f"`{where}` expected integer labels. Received dtype {dtype}"
+            )
+        shape = getattr(labels, "shape", None)
+        if shape is not None and dtype.is_floating:
+            if len(shape) != 2 or shape[-1] != self.num_classes:
+                raise TypeError(
+                    f"`{where}` expected integer labels, or class "
+                    f"probabilities of shape (batch, {self.num_classes}). "
+                    f"Received labels of dtype {dtype} and shape {shape}"
+                )
+
+    # ------------------------------------------------------------------
+    # Serialization
+    # ------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "base_model": keras.saving.serialize_keras_object(self.base_model),
+            "tap_layers": list(self.tap_layers),
+            "num_slices": self.num_slices,
+            "projection": self.projection,
+            "train_base": self.train_base,
+            "seed": self.seed,
+            "slicing": self.slicing,
+            "reduction": self.reduction,
+            "score": self.score,
+            "temperature": self.initial_temperature,
+            "trainable_temperature": self.trainable_temperature,
+            "cross_entropy_weight": self.cross_entropy_weight,
+            "regression_weight": self.regression_weight,
+            "base_loss_weight": self.base_loss_weight,
+            "code_noise": self.code_noise,
+            "mixup_alpha": self.mixup_alpha,
+            "base_output": self.base_output,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["base_model"] = keras.saving.deserialize_keras_object(
+            config["base_model"]
+        )
+        return cls(**config)
+
+
+def _check_base_model(base_model):
+    if not isinstance(base_model, keras.Model):
+        raise TypeError(
+            "Invalid `base_model`: expected a built keras.Model (Functional "
+            f"or Sequential). Received: {type(base_model).__name__}"
+        )
+    if not getattr(base_model, "built", False) or not getattr(
+        base_model, "inputs", None
+    ):
+        raise ValueError(
+            f"Invalid `base_model`: model {base_model.name!r} is not built (it "
+            "has no symbolic inputs). Start it with `keras.Input(shape)` or "
+            "call `base_model.build(input_shape)` first."
+        )
+    if not (
+        isinstance(base_model, keras.Sequential)
+        or hasattr(base_model, "_run_through_graph")
+    ):
+        raise TypeError(
+            "Invalid `base_model`: expected a Functional or Sequential model, "
+            "whose layers can be tapped. Received a subclassed model "
+            f"{type(base_model).__name__}"
+        )
+    outputs = base_model.outputs
+    if (
+        len(outputs) != 1
+        or len(outputs[0].shape) != 2
+        or outputs[0].shape[-1] < 2
+    ):
+        raise ValueError(
+            "Invalid `base_model`: expected a classifier with one output of "
+            "shape (batch, num_classes >= 2). Received output shapes "
+            f"{[tuple(o.shape) for o in outputs]}"
+        )
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Invalid `{name}`: expected one of {list(choices)}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _check_range(name, value, low, high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a number in [{low}, {high}]. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _ends_in_softmax(model):
+    layer = tapping._output_layer(model)
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return activation is keras.activations.softmax or (
+        isinstance(activation, str) and activation == "softmax"
+    )
+
+
+def _finite_per_sample(inputs):
+    finite = None
+    for tensor in keras.tree.flatten(inputs):
+        if not _is_floating(tensor):
+            continue
+        flags = ops.isfinite(tensor)
+        if len(flags.shape) > 1:
+            flags = ops.all(flags, axis=tuple(range(1, len(flags.shape))))
+        finite = flags if finite is None else ops.logical_and(finite, flags)
+    if finite is None:
+        first = keras.tree.flatten(inputs)[0]
+        finite = ops.ones((ops.shape(first)[0],), dtype="bool")
+    return finite
+
+
+def _is_floating(tensor):
+    return "float" in str(getattr(tensor, "dtype", "float"))
+
+
+def _is_arrays(x):
+    items = keras.tree.flatten(x) if isinstance(x, (list, tuple, dict)) else [x]
+    return all(validation.is_array_like(item) for item in items)

@@ -1,0 +1,128 @@
+"""Checks of user data that fail early with a message naming what was
+expected and what came, instead of deep inside a backend."""
+
+import numpy as np
+
+
+def is_array_like(data):
+    """True for NumPy arrays and backend tensors (things with a shape)."""
+    return hasattr(data, "shape") and hasattr(data, "dtype")
+
+
+def check_inputs(x, input_shapes, where, allow_non_finite=False):
+    """Checks arrays against the base model's input shapes and finiteness.
+
+    `x` may be one array or a list / tuple / dict of arrays for a
+    multi-input model; datasets and generators are checked elsewhere.
+    Returns the number of samples.
+    """
+    arrays = _flatten(x)
+    if len(arrays) != len(input_shapes):
+        raise ValueError(
+            f"`{where}` expected {len(input_shapes)} input array(s) matching "
+            f"the base model's inputs {input_shapes}. Received {len(arrays)}"
+        )
+    sizes = set()
+    for array, expected in zip(arrays, input_shapes):
+        if not is_array_like(array):
+            array = np.asarray(array)
+        shape = tuple(array.shape)
+        if len(shape) != len(expected) or any(
+            want is not None and want != got
+            for want, got in zip(expected[1:], shape[1:])
+        ):
+            raise ValueError(
+                f"Invalid input to `{where}`: expected shape {expected} "
+                f"(None = any size). Received shape {shape}"
+            )
+        if shape[0] == 0:
+            raise ValueError(
+                f"Invalid input to `{where}`: received an empty batch of "
+                f"shape {shape}; expected at least one sample."
+            )
+        dtype = np.dtype(_numpy_dtype(array))
+        if dtype.kind not in "biuf":
+            raise TypeError(
+                f"Invalid input to `{where}`: expected a numeric array. "
+                f"Received dtype {dtype}"
+            )
+        if not allow_non_finite and dtype.kind == "f":
+            finite = np.isfinite(np.asarray(array))
+            if not finite.all():
+                bad = int((~finite.reshape(shape[0], -1).all(axis=1)).sum())
+                raise ValueError(
+                    f"Invalid input to `{where}`: {bad} sample(s) hold NaN or "
+                    "infinite values. Expected finite inputs (drop or repair "
+                    "those samples)."
+                )
+        sizes.add(shape[0])
+    if len(sizes) != 1:
+        raise ValueError(
+            f"Invalid input to `{where}`: all input arrays must have the same "
+            f"number of samples. Received sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def check_labels(y, num_classes, num_samples, where):
+    """Checks integer labels `(n,)` / `(n, 1)` in `[0, num_classes)`, or
+    class-probability rows `(n, num_classes)` (e.g. one-hot or mixed)."""
+    if y is None:
+        raise ValueError(f"`{where}` expected labels `y`. Received: y=None")
+    y = np.asarray(y)
+    if y.shape[:1] != (num_samples,):
+        raise ValueError(
+            f"Invalid labels for `{where}`: expected {num_samples} labels, one "
+            f"per input sample. Received shape {y.shape}"
+        )
+    if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
+        if y.dtype.kind not in "biuf" or not np.all(np.isfinite(y)):
+            raise ValueError(
+                f"Invalid labels for `{where}`: class-probability rows must be "
+                "finite numbers."
+            )
+        if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+            raise ValueError(
+                f"Invalid labels for `{where}`: rows of shape (n, "
+                f"{num_classes}) are read as class probabilities and must be "
+                "non-negative and sum to 1. For integer labels pass shape (n,)."
+            )
+        return y
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"Invalid labels for `{where}`: expected integer class labels of "
+            f"shape ({num_samples},) or class probabilities of shape "
+            f"({num_samples}, {num_classes}). Received shape {y.shape}"
+        )
+    if y.dtype.kind not in "iu":
+        raise TypeError(
+            f"Invalid labels for `{where}`: expected integer class labels. "
+            f"Received dtype {y.dtype}; convert with `y.astype('int32')` if "
+            "the values are whole numbers."
+        )
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(
+            f"Invalid labels for `{where}`: expected values in [0, "
+            f"{num_classes - 1}] for {num_classes} classes. Received values "
+            f"from {y.min()} to {y.max()}"
+        )
+    return y
+
+
+def _flatten(x):
+    if isinstance(x, dict):
+        return [x[key] for key in sorted(x)]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _numpy_dtype(array):
+    dtype = getattr(array, "dtype", None)
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        # Backend dtypes (torch.float32, tf.float32) through their names.
+        return np.dtype(str(dtype).rsplit(".", 1)[-1].replace("'>", ""))

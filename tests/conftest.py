@@ -1,0 +1,86 @@
+"""Shared fixtures: small real data and small base models, sized so that the
+whole suite runs in minutes on every backend."""
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+
+@pytest.fixture(autouse=True)
+def clear_session():
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as `((x_train, y_train), (x_test, y_test))`,
+    images float32 in [0, 1] of shape (n, 8, 8, 1), labels int32."""
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None]
+    y = data.target.astype("int32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def make_cnn(input_shape=(8, 8, 1), num_classes=10, softmax=False, seed=0):
+    """A small functional CNN with named blocks: conv_1, conv_2, features."""
+    init = keras.initializers.GlorotUniform
+    inputs = keras.Input(input_shape, name="image")
+    h = keras.layers.Conv2D(
+        16,
+        3,
+        padding="same",
+        activation="relu",
+        name="conv_1",
+        kernel_initializer=init(seed),
+    )(inputs)
+    h = keras.layers.MaxPooling2D(name="pool_1")(h)
+    h = keras.layers.Conv2D(
+        32,
+        3,
+        padding="same",
+        activation="relu",
+        name="conv_2",
+        kernel_initializer=init(seed + 1),
+    )(h)
+    h = keras.layers.GlobalAveragePooling2D(name="pool_2")(h)
+    h = keras.layers.Dense(
+        32,
+        activation="relu",
+        name="features",
+        kernel_initializer=init(seed + 2),
+    )(h)
+    outputs = keras.layers.Dense(
+        num_classes,
+        activation="softmax" if softmax else None,
+        name="logits",
+        kernel_initializer=init(seed + 3),
+    )(h)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn_weights(digits):
+    """Weights of `make_cnn()` trained briefly on the digits (shared, so
+    each test need not retrain the base)."""
+    keras.utils.set_random_seed(0)
+    (x, y), _ = digits
+    model = make_cnn()
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return model.get_weights()
+
+
+@pytest.fixture
+def trained_cnn(trained_cnn_weights):
+    """A fresh `make_cnn()` with the shared trained weights."""
+    model = make_cnn()
+    model.set_weights(trained_cnn_weights)
+    return model
