@@ -102,7 +102,8 @@ def random_codes(num_classes, width, rng=None, num_candidates=None):
     _check_num_classes(num_classes)
     if not isinstance(width, (int, np.integer)) or width < 1:
         raise ValueError(
-            f"Invalid `width`: expected a positive int. Received: width={width!r}"
+            "Invalid `width`: expected a positive int. "
+            f"Received: width={width!r}"
         )
     capacity = 2 ** int(width)
     if num_classes > capacity:

@@ -207,7 +207,7 @@ class TACModel(keras.Model):
                 )
         self.block_width = block_width
         self.profile_layers = []
-        for index, ((path, _), shape) in enumerate(zip(taps, tap_shapes)):
+        for index, shape in enumerate(tap_shapes):
             layer = ActivationProfile(
                 num_slices=block_width,
                 projection=projection,

@@ -41,7 +41,8 @@ class TapProjection(keras.layers.Layer):
         if projection not in PROJECTION_DEPTHS:
             raise ValueError(
                 "Invalid `projection`: expected one of "
-                f"{sorted(PROJECTION_DEPTHS)}. Received: projection={projection!r}"
+                f"{sorted(PROJECTION_DEPTHS)}. "
+                f"Received: projection={projection!r}"
             )
         self.projection = projection
         self.seed = seed
