@@ -1,3 +1,4 @@
+import copy
 import math
 
 import keras
@@ -6,6 +7,7 @@ from keras import ops
 
 from keras_tac import codes as codes_lib
 from keras_tac import tapping
+from keras_tac import thresholds as thresholds_lib
 from keras_tac import validation
 from keras_tac.api_export import keras_tac_export
 from keras_tac.layers.activation_profile import ActivationProfile
@@ -307,10 +309,13 @@ class TACModel(keras.Model):
             matches = self.code_matching.inner_products(profile)
         else:
             matches = -distances
-        index = ops.expand_dims(predicted, axis=-1)
-        return ops.squeeze(
-            ops.take_along_axis(matches, index, axis=-1), axis=-1
+        # A masked sum, not `take_along_axis`: torch.export (ONNX export)
+        # fixes the batch size of `torch.take_along_dim`.
+        chosen = ops.equal(
+            ops.expand_dims(ops.cast(predicted, "int32"), axis=-1),
+            ops.arange(ops.shape(matches)[-1], dtype="int32"),
         )
+        return ops.sum(ops.where(chosen, matches, 0.0), axis=-1)
 
     def _mix(self, inputs):
         first = keras.tree.flatten(inputs)[0]
@@ -440,36 +445,72 @@ class TACModel(keras.Model):
     # Rejection
     # ------------------------------------------------------------------
     def calibrate(
-        self, x, y=None, target_coverage=0.9, batch_size=None, verbose="auto"
+        self,
+        x,
+        y=None,
+        target_coverage=None,
+        batch_size=None,
+        verbose="auto",
+        target_tpr=None,
+        target_risk=None,
+        delta=None,
     ):
         """Picks and stores the rejection threshold on held-out data.
 
-        The threshold is the largest confidence that accepts at least
-        `target_coverage` of the calibration inputs (inputs with non-finite
-        values are counted and never accepted). It is stored in the model,
-        saved with it and baked into exports.
+        Give at most one target (none means `target_coverage=0.9`); the
+        threshold `t` accepts an input when its confidence is `>= t`.
+        Inputs with non-finite values are never accepted. The maths lives
+        in `keras_tac.thresholds`.
+
+        - `target_coverage`: the largest threshold that accepts at least
+          this fraction of all calibration inputs (non-finite ones count
+          in the total).
+        - `target_tpr`: the largest threshold that accepts at least this
+          fraction of the finite calibration inputs, read as
+          in-distribution data: the true positive rate of OOD detection
+          with in-distribution as the positive class (`0.95` is the
+          operating point of the FPR-at-95%-TPR metric).
+        - `target_risk` (needs `y`): selection with guaranteed risk
+          (Geifman & El-Yaniv, 2017). The largest coverage whose error rate
+          on accepted inputs is, with probability at least `1 - delta` over
+          the draw of the calibration set, at most `target_risk` on new
+          data from the same distribution. Raises if no threshold can give
+          that guarantee (too few calibration inputs or too low a target).
+
+        The threshold is stored in the model, saved with it and baked into
+        exports.
 
         Args:
             x: held-out inputs (not the training data).
             y: optional integer labels, to report the accuracy on accepted
-                inputs.
+                inputs; required with `target_risk`.
             target_coverage: float in `(0, 1]`. Fraction of inputs to accept.
-                Defaults to `0.9`.
+                Defaults to `None` (`0.9` if no other target is given).
             batch_size: int or `None`. Defaults to `None` (32).
             verbose: progress bar setting, as in `predict`. Defaults to
                 `"auto"`.
+            target_tpr: float in `(0, 1]`. Fraction of in-distribution
+                inputs to accept. Defaults to `None`.
+            target_risk: float in `(0, 1)`. Guaranteed upper bound on the
+                error rate of accepted inputs. Defaults to `None`.
+            delta: float in `(0, 1)`. Probability that the `target_risk`
+                guarantee fails. Only with `target_risk`. Defaults to `None`
+                (`0.05`).
 
         Returns:
-            A dict with `"threshold"`, `"coverage"` (achieved on `x`) and,
+            A dict with `"threshold"`, `"coverage"` (achieved on `x`), with
+            `target_tpr` also `"tpr"`, with `target_risk` also
+            `"risk_bound"` (the `1 - delta` upper bound) and `"delta"`, and,
             when `y` is given, `"accuracy"` and `"selective_accuracy"` of the
             base head (on all and on accepted inputs).
         """
-        if not isinstance(target_coverage, (int, float)) or not (
-            0 < target_coverage <= 1
-        ):
+        kind, target, delta = _calibration_target(
+            target_coverage, target_tpr, target_risk, delta
+        )
+        if kind == "risk" and y is None:
             raise ValueError(
-                "Invalid `target_coverage`: expected a float in (0, 1]. "
-                f"Received: target_coverage={target_coverage!r}"
+                "`target_risk` needs labels: pass `y` (integer labels of the "
+                "calibration inputs) to `calibrate`. Received: y=None"
             )
         num_samples = self._check_data(
             x, None, "calibrate", allow_non_finite=True
@@ -486,15 +527,20 @@ class TACModel(keras.Model):
                 "Cannot calibrate: no calibration input gave a finite "
                 "confidence (all inputs are non-finite)."
             )
-        ranked = np.sort(confidence[valid])[::-1]
-        wanted = math.ceil(target_coverage * len(confidence)) - 1
-        threshold = float(ranked[min(max(wanted, 0), len(ranked) - 1)])
-        self.rejection_threshold.assign(threshold)
-        accepted = valid & (confidence >= threshold)
-        summary = {"threshold": threshold, "coverage": float(accepted.mean())}
+        correct = None
         if y is not None:
             labels = y.argmax(axis=1) if y.ndim == 2 else y
             correct = outputs["prediction"] == labels
+        threshold, extra = _calibration_threshold(
+            kind, target, delta, np.where(valid, confidence, np.nan), correct
+        )
+        self.rejection_threshold.assign(threshold)
+        accepted = valid & (confidence >= threshold)
+        summary = {"threshold": threshold, "coverage": float(accepted.mean())}
+        if kind == "tpr":
+            summary["tpr"] = float(accepted[valid].mean())
+        summary.update(extra)
+        if correct is not None:
             summary["accuracy"] = float(correct.mean())
             summary["selective_accuracy"] = float(correct[accepted].mean())
         return summary
@@ -549,6 +595,76 @@ class TACModel(keras.Model):
         }
         result["accepted"] = accepted
         return {key: result[key] for key in REJECTION_KEYS}
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        threshold=None,
+        verbose=None,
+        **kwargs,
+    ):
+        """Exports the model for serving, with its rejection threshold.
+
+        Like `keras.Model.export`, but the artifact answers the
+        `predict_with_rejection` question in one call. Its inputs are the
+        base model's inputs (any batch size, named after them) and its
+        outputs, one row per input:
+
+        - `"prediction"` (int32), `"confidence"` (float32), `"accepted"`
+          (bool), `"tac_prediction"` (int32), `"tac_confidence"`
+          (float32), as `predict_with_rejection` returns them; an input
+          with a NaN or infinite value is never accepted (its predictions
+          are then unspecified);
+        - `"probabilities"` (float32, `(batch, num_classes)`): the softmax
+          of the base head's logits, or the head's output as it is when the
+          head ends in a softmax (`base_outputs_probabilities`).
+
+        `format="tf_saved_model"` (TensorFlow and JAX backends) writes a
+        SavedModel for TF Serving with the signatures `"serving_default"`
+        (also `"serve"`; threshold baked in) and `"serve_with_threshold"`
+        (an extra input `"threshold"`, float32 of shape `(batch,)`, one
+        threshold per input). `format="onnx"` (PyTorch backend) writes one
+        ONNX graph, the baked-in-threshold signature, with a dynamic batch
+        axis; on PyTorch, `"tf_saved_model"` raises (Keras needs torch_xla
+        for it). See `keras_tac.serving` for TF Serving's REST request and
+        response formats.
+
+        Args:
+            filepath: str or `pathlib.Path`. A directory for
+                `"tf_saved_model"`, a file such as `"tac.onnx"` for
+                `"onnx"`.
+            format: str. `"tf_saved_model"` or `"onnx"`. Defaults to
+                `"tf_saved_model"`.
+            threshold: float or `None`. The threshold to bake in; `None`
+                uses the one stored by `calibrate` and raises if there is
+                none. Defaults to `None`.
+            verbose: bool or `None`. Print the signatures or the exporter's
+                progress. Defaults to `None` (`True`).
+            **kwargs: backend options: `jax2tf_kwargs` and `is_static`
+                (JAX, as in `keras.export.ExportArchive.add_endpoint`),
+                `opset_version` (ONNX).
+
+        Example:
+
+        ```python
+        tac.calibrate(x_val, y_val, target_coverage=0.9)
+        tac.export("tac_savedmodel/1")  # TF Serving: MODEL_BASE/VERSION
+        served = tf.saved_model.load("tac_savedmodel/1")
+        out = served.signatures["serving_default"](image=x)
+        out["accepted"]
+        ```
+        """
+        from keras_tac import export as export_lib
+
+        export_lib.export_tac_model(
+            self,
+            filepath,
+            format=format,
+            threshold=threshold,
+            verbose=verbose,
+            **kwargs,
+        )
 
     def _check_data(self, x, y, where, allow_non_finite=False):
         """Validates arrays up front; datasets by their element spec."""
@@ -616,7 +732,8 @@ class TACModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Keras's deserialization consumes nested dicts: keep the caller's.
+        config = copy.deepcopy(config)
         config["base_model"] = keras.saving.deserialize_keras_object(
             config["base_model"]
         )
@@ -656,6 +773,88 @@ def _check_base_model(base_model):
             "Invalid `base_model`: expected a classifier with one output of "
             "shape (batch, num_classes >= 2). Received output shapes "
             f"{[tuple(o.shape) for o in outputs]}"
+        )
+
+
+def _calibration_target(target_coverage, target_tpr, target_risk, delta):
+    """Validates `calibrate`'s targets: returns `(kind, target, delta)`."""
+    given = {
+        name: value
+        for name, value in (
+            ("target_coverage", target_coverage),
+            ("target_tpr", target_tpr),
+            ("target_risk", target_risk),
+        )
+        if value is not None
+    }
+    if len(given) > 1:
+        raise ValueError(
+            "`calibrate` expected at most one of `target_coverage`, "
+            f"`target_tpr`, `target_risk`. Received: {given}"
+        )
+    if delta is not None and target_risk is None:
+        raise ValueError(
+            "`delta` only applies with `target_risk`. Received: "
+            f"delta={delta!r} and target_risk=None"
+        )
+    if target_risk is not None:
+        _check_open_fraction("target_risk", target_risk)
+        delta = 0.05 if delta is None else delta
+        _check_open_fraction("delta", delta)
+        return "risk", float(target_risk), float(delta)
+    if target_tpr is not None:
+        _check_fraction("target_tpr", target_tpr)
+        return "tpr", float(target_tpr), None
+    if target_coverage is None:
+        target_coverage = 0.9
+    _check_fraction("target_coverage", target_coverage)
+    return "coverage", float(target_coverage), None
+
+
+def _calibration_threshold(kind, target, delta, confidence, correct):
+    """The threshold for a target, and extra entries for the summary.
+    `confidence` holds NaN for inputs that are never accepted."""
+    if kind == "coverage":
+        return thresholds_lib.coverage_threshold(confidence, target), {}
+    if kind == "tpr":
+        return thresholds_lib.tpr_threshold(confidence, target), {}
+    result = thresholds_lib.risk_threshold(
+        confidence, correct, target, delta=delta
+    )
+    if not result["feasible"]:
+        raise ValueError(
+            f"Cannot guarantee target_risk={target} with delta={delta} on "
+            f"{len(confidence)} calibration inputs: no threshold has an "
+            "upper risk bound that low. Use more calibration data, a larger "
+            "`target_risk` or a larger `delta`."
+        )
+    return result["threshold"], {
+        "risk_bound": result["risk_bound"],
+        "delta": delta,
+    }
+
+
+def _check_fraction(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not 0 < value <= 1
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a float in (0, 1]. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _check_open_fraction(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not 0 < value < 1
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a float in (0, 1). "
+            f"Received: {name}={value!r}"
         )
 
 

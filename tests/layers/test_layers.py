@@ -1,0 +1,263 @@
+"""Tests of the profile layers: pooling, projection, slicing and reduction,
+and their composition, each against a NumPy reference."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_tac import layers
+
+
+def to_numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def round_trip(layer, tmp_path, inputs):
+    """Saves a one-layer model in .keras format, reloads it, and returns the
+    outputs before and after."""
+    model = keras.Sequential([keras.Input(inputs.shape[1:]), layer])
+    path = os.path.join(tmp_path, "layer.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    return to_numpy(model(inputs)), to_numpy(restored(inputs))
+
+
+class TestTapPooling:
+    @pytest.mark.parametrize(
+        "shape", [(3, 5), (3, 4, 5), (3, 4, 6, 5), (2, 2, 3, 4, 5)]
+    )
+    def test_mean_over_middle_axes(self, shape):
+        x = np.random.default_rng(0).normal(size=shape).astype("float32")
+        expected = x.reshape(shape[0], -1, shape[-1]).mean(axis=1)
+        np.testing.assert_allclose(
+            to_numpy(layers.TapPooling()(x)), expected, atol=1e-6
+        )
+
+    def test_rejects_rank_one(self):
+        with pytest.raises(ValueError, match="rank 2 or more"):
+            layers.TapPooling()(np.ones((3,), "float32"))
+
+    def test_config(self):
+        layer = layers.TapPooling(name="p")
+        assert layers.TapPooling.from_config(layer.get_config()).name == "p"
+
+
+class TestTapProjection:
+    @pytest.mark.parametrize(
+        "projection,depth",
+        [("none", 0), ("small", 1), ("large", 2), ("very_large", 3)],
+    )
+    def test_shapes_and_depth(self, projection, depth):
+        x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+        layer = layers.TapProjection(projection)
+        y = to_numpy(layer(x))
+        assert y.shape == (4, 6)
+        assert len(layer.dense_layers) == depth
+        # NumPy reference: Dense, then ReLU between Dense layers.
+        expected = x
+        for index, dense in enumerate(layer.dense_layers):
+            if index:
+                expected = np.maximum(expected, 0)
+            expected = expected @ to_numpy(dense.kernel) + to_numpy(dense.bias)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+    def test_bad_projection(self):
+        with pytest.raises(ValueError, match="Invalid `projection`.*huge"):
+            layers.TapProjection("huge")
+
+    def test_seeded_initialization(self):
+        a, b = layers.TapProjection(seed=3), layers.TapProjection(seed=3)
+        a.build((None, 5))
+        b.build((None, 5))
+        np.testing.assert_array_equal(
+            to_numpy(a.dense_layers[0].kernel),
+            to_numpy(b.dense_layers[0].kernel),
+        )
+
+    def test_save_load(self, tmp_path):
+        x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+        before, after = round_trip(layers.TapProjection("large"), tmp_path, x)
+        np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+class TestSliceIndices:
+    def test_uniform_is_contiguous(self):
+        np.testing.assert_array_equal(
+            layers.slice_indices(8, 4), [[0, 1], [2, 3], [4, 5], [6, 7]]
+        )
+
+    @pytest.mark.parametrize(
+        "width,num_slices", [(10, 3), (64, 16), (7, 7), (100, 16)]
+    )
+    @pytest.mark.parametrize("slicing", ["uniform", "random"])
+    def test_partition_of_channels(self, width, num_slices, slicing):
+        indices = layers.slice_indices(width, num_slices, slicing, seed=1)
+        used = indices[indices >= 0]
+        np.testing.assert_array_equal(np.sort(used), np.arange(width))
+        sizes = (indices >= 0).sum(axis=1)
+        assert sizes.max() - sizes.min() <= 1
+
+    def test_random_is_seeded(self):
+        a = layers.slice_indices(32, 4, "random", seed=1)
+        np.testing.assert_array_equal(
+            a, layers.slice_indices(32, 4, "random", seed=1)
+        )
+        assert not np.array_equal(
+            a, layers.slice_indices(32, 4, "random", seed=2)
+        )
+
+    def test_too_many_slices(self):
+        with pytest.raises(
+            ValueError, match="no larger than the tapped width 4"
+        ):
+            layers.slice_indices(4, 5)
+
+
+class TestSliceReduce:
+    @pytest.mark.parametrize("reduction", ["mean", "median"])
+    @pytest.mark.parametrize("slicing", ["uniform", "random"])
+    @pytest.mark.parametrize("width", [12, 13])
+    def test_against_numpy(self, reduction, slicing, width):
+        x = np.random.default_rng(0).normal(size=(5, width)).astype("float32")
+        layer = layers.SliceReduce(
+            4, slicing=slicing, reduction=reduction, seed=2
+        )
+        y = to_numpy(layer(x))
+        indices = layers.slice_indices(width, 4, slicing, seed=2)
+        reduce = np.mean if reduction == "mean" else np.median
+        expected = np.stack(
+            [reduce(x[:, row[row >= 0]], axis=1) for row in indices], axis=1
+        )
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+
+    def test_indices_are_a_saved_weight(self, tmp_path):
+        x = np.random.default_rng(0).normal(size=(3, 10)).astype("float32")
+        layer = layers.SliceReduce(3, slicing="random", seed=4)
+        before, after = round_trip(layer, tmp_path, x)
+        np.testing.assert_allclose(before, after, atol=1e-6)
+        assert not layer.indices.trainable
+
+    def test_gradient_is_finite(self):
+        x = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+        for reduction in ("mean", "median"):
+            layer = layers.SliceReduce(2, reduction=reduction)
+            assert np.all(np.isfinite(to_numpy(layer(x))))
+
+    @pytest.mark.parametrize(
+        "kwargs,match",
+        [
+            (dict(num_slices=0), "num_slices"),
+            (dict(num_slices=2.5), "num_slices"),
+            (dict(slicing="strided"), "slicing"),
+            (dict(reduction="max"), "reduction"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            layers.SliceReduce(**kwargs)
+
+    def test_config_round_trip(self):
+        layer = layers.SliceReduce(
+            5, slicing="random", reduction="median", seed=9
+        )
+        clone = layers.SliceReduce.from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+
+
+class TestActivationProfile:
+    def test_composition(self):
+        x = np.random.default_rng(0).normal(size=(4, 3, 3, 8)).astype("float32")
+        layer = layers.ActivationProfile(num_slices=4, projection="small")
+        y = to_numpy(layer(x))
+        dense = layer.projector.dense_layers[0]
+        pooled = x.mean(axis=(1, 2))
+        projected = pooled @ to_numpy(dense.kernel) + to_numpy(dense.bias)
+        expected = projected.reshape(4, 4, 2).mean(axis=-1)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+    def test_too_many_slices_for_tap(self):
+        with pytest.raises(ValueError, match="tapped width 8"):
+            layers.ActivationProfile(num_slices=16)(np.ones((2, 8), "float32"))
+
+    def test_config_and_save(self, tmp_path):
+        layer = layers.ActivationProfile(
+            6, "very_large", "random", "median", seed=3
+        )
+        assert (
+            layers.ActivationProfile.from_config(
+                layer.get_config()
+            ).get_config()
+            == layer.get_config()
+        )
+        x = np.random.default_rng(1).normal(size=(3, 5, 12)).astype("float32")
+        before, after = round_trip(layer, tmp_path, x)
+        np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+class TestCodeMatching:
+    def setup_method(self):
+        rng = np.random.default_rng(0)
+        self.codes = rng.choice([-1, 1], size=(5, 12))
+        self.profile = rng.normal(size=(7, 12)).astype("float32") * 2
+
+    def test_distances_against_numpy(self):
+        matching = layers.CodeMatching(self.codes)
+        expected = np.abs(self.profile[:, None, :] - self.codes[None]).mean(
+            axis=-1
+        )
+        np.testing.assert_allclose(
+            to_numpy(matching(self.profile)), expected, rtol=1e-5, atol=1e-5
+        )
+
+    def test_inner_products_and_nearest(self):
+        matching = layers.CodeMatching(self.codes)
+        np.testing.assert_allclose(
+            to_numpy(matching.inner_products(self.profile)),
+            self.profile @ self.codes.T,
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        expected = np.argmax(np.sign(self.profile) @ self.codes.T, axis=1)
+        np.testing.assert_array_equal(
+            to_numpy(matching.nearest_codes(self.profile)), expected
+        )
+
+    def test_float32_under_float16_input(self):
+        matching = layers.CodeMatching(self.codes)
+        out = matching(self.profile.astype("float16"))
+        assert "float32" in str(out.dtype)
+
+    @pytest.mark.parametrize(
+        "codes,match",
+        [
+            (np.ones((1, 4)), "shape"),
+            (np.ones(4), "shape"),
+            (np.array([[0, 1], [1, 1]]), r"\+1 or -1"),
+        ],
+    )
+    def test_bad_codes(self, codes, match):
+        with pytest.raises(ValueError, match=match):
+            layers.CodeMatching(codes)
+
+    def test_wrong_profile_width(self):
+        with pytest.raises(ValueError, match=r"\(batch, 12\)"):
+            layers.CodeMatching(self.codes)(np.ones((2, 11), "float32"))
+
+    def test_config_and_save(self, tmp_path):
+        matching = layers.CodeMatching(self.codes, name="m")
+        clone = layers.CodeMatching.from_config(matching.get_config())
+        np.testing.assert_array_equal(to_numpy(clone.codes), self.codes)
+        before, after = round_trip(matching, tmp_path, self.profile)
+        np.testing.assert_allclose(before, after)
+
+    @pytest.mark.slow
+    def test_jit_matches_eager(self):
+        matching = layers.CodeMatching(self.codes)
+        model = keras.Sequential([keras.Input((12,)), matching])
+        eager = to_numpy(model(self.profile))
+        model.compile(jit_compile=True)
+        compiled = model.predict(self.profile, verbose=0)
+        np.testing.assert_allclose(eager, compiled, rtol=1e-5, atol=1e-5)

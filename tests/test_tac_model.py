@@ -1,0 +1,414 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_cnn
+from keras import ops
+
+import keras_tac
+from keras_tac import codes as codes_lib
+
+
+def weights_of(model):
+    return [np.array(ops.convert_to_numpy(w)) for w in model.weights]
+
+
+def fitted_tac(trained_cnn, digits, epochs=3, **kwargs):
+    (x, y), _ = digits
+    tac = keras_tac.TACModel(trained_cnn, **kwargs)
+    tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+    tac.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return tac
+
+
+class TestConstruction:
+    def test_defaults(self):
+        tac = keras_tac.TACModel(make_cnn())
+        assert tac.tap_layers == ["conv_1", "conv_2", "features"]
+        assert tac.num_classes == 10 and tac.block_width == 16
+        assert tac.codes.shape == (10, 48)
+        assert set(np.unique(tac.codes)) == {-1, 1}
+        assert tac.min_hamming_distance == 24
+        assert tac.threshold is None
+        assert not tac.base_outputs_probabilities
+
+    def test_codes_are_seeded(self):
+        a = keras_tac.TACModel(make_cnn(), seed=3).codes
+        b = keras_tac.TACModel(make_cnn(), seed=3).codes
+        c = keras_tac.TACModel(make_cnn(), seed=4).codes
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+        expected, _ = codes_lib.class_codes(10, 3, max_block_width=16, seed=3)
+        np.testing.assert_array_equal(a, expected)
+
+    def test_config_round_trip(self):
+        tac = keras_tac.TACModel(
+            make_cnn(softmax=True),
+            tap_layers=["conv_2", "features"],
+            num_slices=16,
+            projection="large",
+            slicing="random",
+            reduction="median",
+            score="nearest_distance",
+            code_noise=0.1,
+            seed=5,
+        )
+        config = tac.get_config()
+        clone = keras_tac.TACModel.from_config(config)
+        assert clone.get_config() == config
+        np.testing.assert_array_equal(clone.codes, tac.codes)
+        assert tac.base_outputs_probabilities
+
+    @pytest.mark.parametrize("num_classes", [2, 1000])
+    def test_class_count_extremes(self, num_classes):
+        inputs = keras.Input((12,))
+        h = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+        base = keras.Model(inputs, keras.layers.Dense(num_classes)(h))
+        tac = keras_tac.TACModel(base)
+        x = np.random.default_rng(0).normal(size=(8, 12)).astype("float32")
+        y = np.arange(8) % num_classes
+        tac.compile()
+        history = tac.fit(x, y, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert tac.codes.shape[0] == num_classes
+        assert tac.min_hamming_distance > 0
+        out = tac.predict(x, verbose=0)
+        assert out["distances"].shape == (8, num_classes)
+
+    @pytest.mark.parametrize(
+        "kwargs,error,match",
+        [
+            (dict(tap_layers=["nope"]), ValueError, "Available layers"),
+            (dict(tap_layers=["logits"]), ValueError, "output layer"),
+            (dict(tap_layers=["conv_1"], num_slices=32, seed=0), None, None),
+            (dict(projection="huge"), ValueError, "projection"),
+            (dict(score="margin"), ValueError, "score"),
+            (dict(temperature=0.0), ValueError, "temperature"),
+            (dict(code_noise=1.5), ValueError, "code_noise"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, error, match):
+        if error is None:
+            assert keras_tac.TACModel(make_cnn(), **kwargs).block_width == 16
+            return
+        with pytest.raises(error, match=match):
+            keras_tac.TACModel(make_cnn(), **kwargs)
+
+    def test_tap_too_narrow_for_codes(self):
+        base = make_cnn(num_classes=20)  # 32 code bits needed > conv_1's 16
+        with pytest.raises(ValueError, match="'conv_1' has width 16"):
+            keras_tac.TACModel(base, tap_layers=["conv_1"], num_slices=32)
+
+    def test_unbuilt_and_subclassed_bases(self):
+        with pytest.raises(ValueError, match="not built"):
+            keras_tac.TACModel(keras.Sequential([keras.layers.Dense(3)]))
+        with pytest.raises(TypeError, match="keras.Model"):
+            keras_tac.TACModel(keras.layers.Dense(3))
+
+        class Custom(keras.Model):
+            def __init__(self):
+                super().__init__()
+                self.dense = keras.layers.Dense(3)
+
+            def call(self, x):
+                return self.dense(x)
+
+        custom = Custom()
+        custom(np.ones((1, 4), "float32"))
+        with pytest.raises((TypeError, ValueError), match="Functional|built"):
+            keras_tac.TACModel(custom)
+
+    def test_non_classifier_base(self):
+        inputs = keras.Input((4,))
+        base = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+        with pytest.raises(ValueError, match="num_classes >= 2"):
+            keras_tac.TACModel(base)
+
+
+class TestForward:
+    def test_scores_against_numpy(self):
+        x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
+        results = {}
+        for score in ("distance", "nearest_distance", "inner_product"):
+            tac = keras_tac.TACModel(make_cnn(), score=score)
+            results[score] = tac.predict(x, verbose=0)
+        out = results["distance"]
+        codes = tac.codes.astype("float32")
+        z = out["profile"]
+        distances = np.abs(z[:, None] - codes[None]).mean(axis=-1)
+        np.testing.assert_allclose(
+            out["distances"], distances, rtol=1e-5, atol=1e-5
+        )
+        pred = out["prediction"]
+        rows = np.arange(len(x))
+        np.testing.assert_allclose(
+            out["confidence"], -distances[rows, pred], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_array_equal(
+            out["tac_prediction"], np.argmax(np.sign(z) @ codes.T, axis=1)
+        )
+        np.testing.assert_allclose(
+            results["nearest_distance"]["confidence"],
+            -distances.min(axis=1),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            results["inner_product"]["confidence"],
+            (z @ codes.T)[rows, pred],
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        np.testing.assert_array_equal(
+            out["prediction"], np.argmax(out["base_output"], axis=1)
+        )
+
+
+class TestAddOn:
+    def test_base_untouched_and_tac_learns(self, trained_cnn, digits):
+        (_, _), (x_test, y_test) = digits
+        before = weights_of(trained_cnn)
+        base_pred = np.argmax(trained_cnn.predict(x_test, verbose=0), axis=1)
+        tac = fitted_tac(trained_cnn, digits, epochs=4)
+        for a, b in zip(before, weights_of(trained_cnn)):
+            np.testing.assert_array_equal(a, b)
+        out = tac.predict_with_rejection(x_test, threshold=-np.inf, verbose=0)
+        np.testing.assert_array_equal(out["prediction"], base_pred)
+        metrics = tac.evaluate(x_test, y_test, return_dict=True, verbose=0)
+        assert {"loss", "base_accuracy", "tac_accuracy"} <= set(metrics)
+        assert metrics["base_accuracy"] == pytest.approx(
+            np.mean(base_pred == y_test), abs=1e-6
+        )
+        # TAC's own prediction is far above chance (0.1) after a few epochs.
+        assert metrics["tac_accuracy"] > 0.6
+        # Its confidence ranks the base's correct predictions above its errors.
+        correct = out["prediction"] == y_test
+        assert (
+            out["confidence"][correct].mean()
+            > out["confidence"][~correct].mean()
+        )
+
+    def test_validation_data_and_dataset_input(self, trained_cnn, digits):
+        import tensorflow as tf
+
+        (x, y), (x_test, y_test) = digits
+        tac = keras_tac.TACModel(trained_cnn)
+        tac.compile()
+        dataset = tf.data.Dataset.from_tensor_slices((x[:256], y[:256])).batch(
+            64
+        )
+        history = tac.fit(
+            dataset, epochs=1, validation_data=(x_test, y_test), verbose=0
+        )
+        assert {"val_loss", "val_base_accuracy", "val_tac_accuracy"} <= set(
+            history.history
+        )
+
+
+class TestJoint:
+    def test_base_trains_with_batchnorm_in_training_mode(self, digits):
+        (x, y), _ = digits
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inputs)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        h = keras.layers.ReLU(name="relu")(h)
+        h = keras.layers.Flatten()(h)
+        base = keras.Model(inputs, keras.layers.Dense(10)(h))
+        bn = base.get_layer("bn")
+        moving_mean = np.array(ops.convert_to_numpy(bn.moving_mean))
+        kernel = np.array(ops.convert_to_numpy(base.get_layer("conv").kernel))
+        tac = keras_tac.TACModel(base, tap_layers=["relu"], train_base=True)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        history = tac.fit(x[:512], y[:512], epochs=2, batch_size=64, verbose=0)
+        assert not np.allclose(
+            moving_mean, ops.convert_to_numpy(bn.moving_mean)
+        )
+        assert not np.allclose(
+            kernel, ops.convert_to_numpy(base.get_layer("conv").kernel)
+        )
+        assert history.history["base_accuracy"][-1] > 0.5
+
+    def test_frozen_base_with_train_base(self):
+        base = make_cnn()
+        base.trainable = False
+        with pytest.raises(ValueError, match="trainable"):
+            keras_tac.TACModel(base, train_base=True)
+
+
+class TestRegularisers:
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            dict(code_noise=0.15),
+            dict(mixup_alpha=0.2),
+            dict(
+                trainable_temperature=True, reduction="median", slicing="random"
+            ),
+        ],
+    )
+    def test_train_finite(self, trained_cnn, digits, kwargs):
+        tac = fitted_tac(trained_cnn, digits, epochs=1, **kwargs)
+        (x, y), _ = digits
+        metrics = tac.evaluate(x[:128], y[:128], return_dict=True, verbose=0)
+        assert np.isfinite(metrics["loss"])
+        temperature = float(ops.convert_to_numpy(tac.temperature))
+        if kwargs.get("trainable_temperature"):
+            assert temperature != 10.0
+        else:
+            assert temperature == 10.0
+
+
+class TestRejection:
+    def test_calibrate_and_reject(self, trained_cnn, digits):
+        (_, _), (x_test, y_test) = digits
+        tac = fitted_tac(trained_cnn, digits, epochs=2)
+        x_cal, y_cal = x_test[:200], y_test[:200]
+        summary = tac.calibrate(x_cal, y_cal, target_coverage=0.8, verbose=0)
+        assert tac.threshold == summary["threshold"]
+        assert 0.8 <= summary["coverage"] <= 0.8 + 1 / 200 + 1e-9
+        out = tac.predict_with_rejection(x_cal, verbose=0)
+        assert out["accepted"].mean() == pytest.approx(summary["coverage"])
+        assert set(out) == {
+            "prediction",
+            "confidence",
+            "accepted",
+            "tac_prediction",
+            "tac_confidence",
+        }
+        assert (
+            out["prediction"].dtype == np.int32
+            and out["accepted"].dtype == bool
+        )
+        np.testing.assert_array_equal(
+            out["accepted"], out["confidence"] >= tac.threshold
+        )
+        everything = tac.predict_with_rejection(
+            x_cal, threshold=-1e9, verbose=0
+        )
+        assert everything["accepted"].all()
+
+    def test_uncalibrated_and_bad_threshold(self):
+        tac = keras_tac.TACModel(make_cnn())
+        x = np.zeros((2, 8, 8, 1), "float32")
+        with pytest.raises(ValueError, match="calibrate"):
+            tac.predict_with_rejection(x)
+        with pytest.raises(ValueError, match="threshold"):
+            tac.predict_with_rejection(x, threshold=float("nan"))
+        with pytest.raises(ValueError, match="target_coverage"):
+            tac.calibrate(x, target_coverage=1.5)
+
+    def test_non_finite_inputs_never_accepted(self):
+        tac = keras_tac.TACModel(make_cnn())
+        x = np.random.default_rng(0).random((6, 8, 8, 1)).astype("float32")
+        clean = tac.predict_with_rejection(x, threshold=-1e30, verbose=0)
+        bad = x.copy()
+        bad[1, 3, 3, 0] = np.nan
+        bad[2, 0, 0, 0] = np.inf
+        bad[3] = -np.inf
+        out = tac.predict_with_rejection(bad, threshold=-1e30, verbose=0)
+        np.testing.assert_array_equal(
+            out["accepted"], [True, False, False, False, True, True]
+        )
+        for key in ("confidence", "prediction"):
+            np.testing.assert_allclose(
+                out[key][[0, 4, 5]], clean[key][[0, 4, 5]], rtol=1e-6
+            )
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            tac.compile()
+            tac.fit(bad, np.zeros(6, "int32"), verbose=0)
+
+
+class TestInputChecks:
+    @pytest.mark.parametrize(
+        "x,y,error,match",
+        [
+            (
+                np.zeros((4, 8, 8, 1)),
+                np.array([0, 1, 2, 10]),
+                ValueError,
+                r"\[0, 9\]",
+            ),
+            (
+                np.zeros((4, 8, 8, 1)),
+                np.array([0, 1, 2, -1]),
+                ValueError,
+                r"\[0, 9\]",
+            ),
+            (
+                np.zeros((4, 8, 8, 1)),
+                np.array([0.0, 1, 2, 3]),
+                TypeError,
+                "integer",
+            ),
+            (
+                np.zeros((4, 8, 8, 1)),
+                np.array([0, 1, 2]),
+                ValueError,
+                "4 labels",
+            ),
+            (
+                np.zeros((4, 8, 8)),
+                np.array([0, 1, 2, 3]),
+                ValueError,
+                r"\(None, 8, 8, 1\)",
+            ),
+            (
+                np.zeros((4, 8, 8, 1)),
+                np.eye(10)[:4] * 2,
+                ValueError,
+                "sum to 1",
+            ),
+            (np.zeros((0, 8, 8, 1)), np.zeros(0, "int32"), ValueError, "empty"),
+        ],
+    )
+    def test_fit_rejects(self, x, y, error, match):
+        tac = keras_tac.TACModel(make_cnn())
+        tac.compile()
+        with pytest.raises(error, match=match):
+            tac.fit(x.astype("float32"), y, verbose=0)
+
+    def test_one_hot_labels_are_probabilities(self):
+        tac = keras_tac.TACModel(make_cnn())
+        tac.compile()
+        x = np.zeros((4, 8, 8, 1), "float32")
+        history = tac.fit(x, np.eye(10, dtype="float32")[:4], verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+
+    def test_compile_rejects_loss_and_metrics(self):
+        tac = keras_tac.TACModel(make_cnn())
+        with pytest.raises(ValueError, match="loss=None"):
+            tac.compile(loss="mse")
+        with pytest.raises(ValueError, match="metrics=None"):
+            tac.compile(metrics=["accuracy"])
+
+
+class TestSaving:
+    def test_keras_round_trip(self, trained_cnn, digits, tmp_path):
+        (_, _), (x_test, y_test) = digits
+        tac = fitted_tac(
+            trained_cnn, digits, epochs=1, slicing="random", seed=3
+        )
+        tac.calibrate(x_test, y_test, verbose=0)
+        path = os.path.join(tmp_path, "tac.keras")
+        before = weights_of(tac)
+        tac.save(path)
+        for a, b in zip(before, weights_of(tac)):
+            np.testing.assert_array_equal(a, b)
+        restored = keras.saving.load_model(path)
+        assert type(restored) is keras_tac.TACModel
+        assert restored.threshold == tac.threshold
+        np.testing.assert_array_equal(restored.codes, tac.codes)
+        for a, b in zip(tac.profile_layers, restored.profile_layers):
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(a.slice_reduce.indices),
+                ops.convert_to_numpy(b.slice_reduce.indices),
+            )
+        expected = tac.predict_with_rejection(x_test, verbose=0)
+        got = restored.predict_with_rejection(x_test, verbose=0)
+        for key in expected:
+            np.testing.assert_allclose(
+                got[key], expected[key], rtol=1e-6, atol=1e-6
+            )
+        # Training resumes after loading.
+        restored.fit(x_test[:64], y_test[:64], epochs=1, verbose=0)
