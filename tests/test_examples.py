@@ -1,0 +1,54 @@
+"""Each example runs top to bottom in its short mode, on the current
+backend, and leaves a model that loads back."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import keras_tac
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_example(name, *args):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_mnist_rejection(tmp_path):
+    output = os.path.join(tmp_path, "tac.keras")
+    stdout = run_example("mnist_rejection.py", "--quick", "--output", output)
+    assert "| accuracy on accepted |" in stdout
+    assert "| error-detection AUROC, TAC |" in stdout
+    tac = keras.saving.load_model(output)
+    assert isinstance(tac, keras_tac.TACModel)
+    assert tac.threshold is not None
+    x = np.zeros((3, 28, 28, 1), "float32")
+    out = tac.predict_with_rejection(x, verbose=0)
+    assert out["accepted"].shape == (3,)
+
+
+def test_saved_model_loads_and_predicts():
+    """The committed model that the README's quick start loads."""
+    path = os.path.join(ROOT, "saved_models", "mnist_tac.keras")
+    tac = keras.saving.load_model(path)
+    from keras_tac import datasets
+
+    (_, _), (x_test, y_test) = datasets.load_mnist_digits()
+    out = tac.predict_with_rejection(x_test[:200], verbose=0)
+    correct = out["prediction"] == y_test[:200]
+    assert correct.mean() > 0.9
+    assert 0.8 < out["accepted"].mean() <= 1.0
+    # Accepted inputs are answered more accurately than all inputs.
+    assert correct[out["accepted"]].mean() >= correct.mean()
