@@ -412,3 +412,39 @@ class TestSaving:
             )
         # Training resumes after loading.
         restored.fit(x_test[:64], y_test[:64], epochs=1, verbose=0)
+
+
+class TestTapKinds:
+    def test_sequential_sequence_and_nested_bases(self):
+        sequence = keras.Sequential(
+            [
+                keras.Input((12, 5)),
+                keras.layers.Conv1D(16, 3, activation="relu", name="conv"),
+                keras.layers.GlobalAveragePooling1D(name="gap"),
+                keras.layers.Dense(16, activation="relu", name="dense"),
+                keras.layers.Dense(3, name="out"),
+            ]
+        )
+        backbone_in = keras.Input((12, 5))
+        backbone = keras.Model(
+            backbone_in,
+            keras.layers.Conv1D(16, 3, name="inner_conv")(backbone_in),
+            name="backbone",
+        )
+        inputs = keras.Input((12, 5))
+        h = keras.layers.GlobalAveragePooling1D()(backbone(inputs))
+        nested = keras.Model(inputs, keras.layers.Dense(3)(h))
+        x = np.random.default_rng(0).normal(size=(24, 12, 5)).astype("float32")
+        y = np.arange(24) % 3
+        for base, taps in (
+            (sequence, ["conv", "dense"]),  # 3-D and 2-D taps, Sequential
+            (nested, ["backbone/inner_conv"]),  # inside a nested model
+        ):
+            tac = keras_tac.TACModel(base, tap_layers=taps, num_slices=4)
+            tac.compile()
+            tac.fit(x, y, epochs=1, verbose=0)
+            out = tac.predict(x, verbose=0)
+            assert out["profile"].shape == (24, 4 * len(taps))
+            np.testing.assert_allclose(
+                out["base_output"], base.predict(x, verbose=0), atol=1e-5
+            )
