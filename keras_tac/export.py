@@ -1,0 +1,318 @@
+"""Export of a calibrated `TACModel` for serving: a TensorFlow SavedModel
+for TF Serving (TensorFlow and JAX backends) or an ONNX file (PyTorch
+backend), both answering prediction, confidence and the accept/reject
+decision in one call."""
+
+import math
+import warnings
+
+import keras
+from keras import ops
+
+FORMATS = ("tf_saved_model", "onnx")
+SERVING_OUTPUTS = (
+    "prediction",
+    "confidence",
+    "accepted",
+    "tac_prediction",
+    "tac_confidence",
+    "probabilities",
+)
+SERVE_ENDPOINT = "serve"
+THRESHOLD_ENDPOINT = "serve_with_threshold"
+THRESHOLD_INPUT = "threshold"
+# A sample batch of 2: torch.export specialises a dimension traced at 1.
+_ONNX_SAMPLE_BATCH = 2
+
+
+def serving_outputs(model, inputs, threshold):
+    """The serving outputs of a `TACModel`, computed with `keras.ops`.
+
+    The same decision as `TACModel.predict_with_rejection`: an input is
+    accepted when all its values are finite, its confidence is finite and
+    `confidence >= threshold` (compared in float32).
+
+    Args:
+        model: a `TACModel`.
+        inputs: a batch in the structure of the base model's input.
+        threshold: float or float tensor broadcastable to `(batch,)`.
+
+    Returns:
+        A dict of tensors with one row per input: `"prediction"` (int32, the
+        base head's class), `"confidence"` (float32), `"accepted"` (bool),
+        `"tac_prediction"` (int32), `"tac_confidence"` (float32) and
+        `"probabilities"` (float32, `(batch, num_classes)`: the softmax of
+        the base head's logits, or the head's probabilities as they are when
+        it ends in a softmax).
+    """
+    outputs = model(inputs, training=False)
+    confidence = ops.cast(outputs["confidence"], "float32")
+    threshold = ops.cast(threshold, "float32")
+    accepted = ops.logical_and(
+        ops.logical_and(outputs["input_is_finite"], ops.isfinite(confidence)),
+        ops.greater_equal(confidence, threshold),
+    )
+    base_output = ops.cast(outputs["base_output"], "float32")
+    if model.base_outputs_probabilities:
+        probabilities = base_output
+    else:
+        probabilities = ops.softmax(base_output, axis=-1)
+    return {
+        "prediction": ops.cast(outputs["prediction"], "int32"),
+        "confidence": confidence,
+        "accepted": accepted,
+        "tac_prediction": ops.cast(outputs["tac_prediction"], "int32"),
+        "tac_confidence": ops.cast(outputs["tac_confidence"], "float32"),
+        "probabilities": probabilities,
+    }
+
+
+def export_tac_model(
+    model,
+    filepath,
+    format="tf_saved_model",
+    threshold=None,
+    verbose=None,
+    **kwargs,
+):
+    """Exports a calibrated `TACModel` for serving (see `TACModel.export`).
+
+    Args:
+        model: a `TACModel`.
+        filepath: str or `pathlib.Path`. A directory for
+            `"tf_saved_model"`, a file (e.g. `"tac.onnx"`) for `"onnx"`.
+        format: str. `"tf_saved_model"` (TensorFlow and JAX backends) or
+            `"onnx"` (PyTorch backend). Defaults to `"tf_saved_model"`.
+        threshold: float or `None`. The rejection threshold baked into the
+            artifact; `None` uses the one stored by `calibrate`. Defaults to
+            `None`.
+        verbose: bool or `None`. Print the signatures (SavedModel) or the
+            exporter's progress (ONNX). `None` means `True`, as in
+            `keras.Model.export`. Defaults to `None`.
+        **kwargs: backend options: `jax2tf_kwargs` and `is_static` (JAX,
+            SavedModel), as in `keras.export.ExportArchive.add_endpoint`;
+            `opset_version` (ONNX).
+    """
+    if format not in FORMATS:
+        raise ValueError(
+            f"Invalid `format`: expected one of {list(FORMATS)}. "
+            f"Received: format={format!r}"
+        )
+    threshold = _resolve_threshold(model, threshold)
+    verbose = True if verbose is None else bool(verbose)
+    backend = keras.backend.backend()
+    if format == "tf_saved_model":
+        if backend not in ("tensorflow", "jax", "torch"):
+            raise ValueError(
+                "format='tf_saved_model' needs the TensorFlow or JAX "
+                f"backend. Received backend {backend!r}"
+            )
+        if backend == "torch":
+            raise ValueError(
+                "format='tf_saved_model' is not available on the "
+                f"{backend!r} backend: Keras writes a SavedModel from "
+                "PyTorch only through torch_xla, which keras-tac does not "
+                "support. Use `format='onnx'` (same named outputs, dynamic "
+                "batch; serve it with ONNX Runtime), or save the model "
+                "(`tac.save('tac.keras')`), reload it under "
+                "KERAS_BACKEND=tensorflow or jax and export the SavedModel "
+                "there."
+            )
+        _export_saved_model(model, filepath, threshold, verbose, **kwargs)
+        return
+    if backend != "torch":
+        raise ValueError(
+            "format='onnx' is only available on the PyTorch backend. On the "
+            f"{backend!r} backend use format='tf_saved_model' (TF Serving). "
+            "Keras's TensorFlow ONNX route (tf2onnx) cannot convert the "
+            "bit operations of Keras's `argmax`, and its JAX route needs "
+            "`jax2onnx`, which keras-tac does not depend on."
+        )
+    _export_onnx(model, filepath, threshold, verbose, **kwargs)
+
+
+def input_specs(model):
+    """`keras.InputSpec`s of the base model's inputs, batch size `None`,
+    named after the base model's inputs (flattened, in input order)."""
+    specs = []
+    for tensor in keras.tree.flatten(model.base_model.input):
+        name = tensor.name
+        if name == THRESHOLD_INPUT:
+            raise ValueError(
+                f"Cannot export: the base model has an input named "
+                f"{THRESHOLD_INPUT!r}, the name of the threshold input of "
+                f"the {THRESHOLD_ENDPOINT!r} signature. Rename that input."
+            )
+        specs.append(
+            keras.InputSpec(
+                shape=(None, *tensor.shape[1:]), dtype=tensor.dtype, name=name
+            )
+        )
+    return specs
+
+
+def _resolve_threshold(model, threshold):
+    if threshold is None:
+        threshold = model.threshold
+        if threshold is None:
+            raise ValueError(
+                "Cannot export an uncalibrated TACModel: the artifact "
+                "needs a rejection threshold. Call "
+                "`tac.calibrate(x_val, y_val)` first, or pass `threshold=` "
+                "to `export`."
+            )
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or math.isnan(threshold)
+    ):
+        raise ValueError(
+            "Invalid `threshold`: expected a number (not NaN). "
+            f"Received: threshold={threshold!r}"
+        )
+    return float(threshold)
+
+
+def _pack(model, flat_inputs):
+    return keras.tree.pack_sequence_as(model.base_model.input, flat_inputs)
+
+
+def _export_saved_model(model, filepath, threshold, verbose, **kwargs):
+    specs = input_specs(model)
+    threshold_spec = keras.InputSpec(
+        shape=(None,), dtype="float32", name=THRESHOLD_INPUT
+    )
+    structure = specs[0] if len(specs) == 1 else specs
+
+    def serve(inputs):
+        return serving_outputs(
+            model, _pack(model, keras.tree.flatten(inputs)), threshold
+        )
+
+    def serve_with_threshold(inputs, threshold):
+        return serving_outputs(
+            model, _pack(model, keras.tree.flatten(inputs)), threshold
+        )
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint is also written as "serving_default".
+    archive.add_endpoint(
+        SERVE_ENDPOINT, serve, input_signature=[structure], **kwargs
+    )
+    archive.add_endpoint(
+        THRESHOLD_ENDPOINT,
+        serve_with_threshold,
+        input_signature=[structure, threshold_spec],
+        **kwargs,
+    )
+    archive.write_out(filepath, verbose=verbose)
+
+
+def _export_onnx(model, filepath, threshold, verbose, opset_version=None):
+    import torch
+
+    specs = input_specs(model)
+
+    class ServingModule(torch.nn.Module):
+        def __init__(self, tac_model):
+            super().__init__()
+            self.tac_model = tac_model
+
+        def forward(self, *flat_inputs):
+            outputs = serving_outputs(
+                self.tac_model, _pack(self.tac_model, flat_inputs), threshold
+            )
+            return tuple(outputs[name] for name in SERVING_OUTPUTS)
+
+    module = ServingModule(model).eval()
+    samples = tuple(
+        torch.zeros(
+            (_ONNX_SAMPLE_BATCH, *spec.shape[1:]),
+            dtype=getattr(torch, spec.dtype),
+        )
+        for spec in specs
+    )
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        # Every input shares the one batch axis, which the exporter reports.
+        warnings.filterwarnings("ignore", message=".*axis name: batch.*")
+        program = torch.onnx.export(
+            module,
+            samples,
+            input_names=[spec.name for spec in specs],
+            output_names=list(SERVING_OUTPUTS),
+            dynamic_shapes=(tuple({0: batch} for _ in specs),),
+            opset_version=opset_version,
+            dynamo=True,
+            verbose=verbose,
+        )
+    program.save(str(filepath))
+    _drop_no_op_squeezes(str(filepath))
+    if verbose:
+        print(f"Saved artifact at '{filepath}'.")
+
+
+def _drop_no_op_squeezes(path):
+    """Removes the axes of ONNX `Squeeze` nodes that are not of size 1.
+
+    `torch.squeeze(x, dim)` does nothing when that dimension is not 1 (the
+    Keras torch backend's `ops.take` relies on it), but the exporter writes
+    an ONNX `Squeeze`, which rejects such an axis when the model loads.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(path)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    graph = inferred.graph
+    for value in [*graph.value_info, *graph.input, *graph.output]:
+        shapes[value.name] = [
+            dim.dim_value if dim.HasField("dim_value") else None
+            for dim in value.type.tensor_type.shape.dim
+        ]
+    constants = {
+        tensor.name: numpy_helper.to_array(tensor)
+        for tensor in proto.graph.initializer
+    }
+    for node in proto.graph.node:
+        if (
+            node.op_type == "Constant"
+            and node.attribute
+            and node.attribute[0].type == onnx.AttributeProto.TENSOR
+        ):
+            constants[node.output[0]] = numpy_helper.to_array(
+                node.attribute[0].t
+            )
+    changed = False
+    for node in proto.graph.node:
+        if (
+            node.op_type != "Squeeze"
+            or len(node.input) != 2
+            or node.input[1] not in constants
+            or not shapes.get(node.input[0])
+        ):
+            continue
+        shape = shapes[node.input[0]]
+        axes = [
+            int(axis) % len(shape)
+            for axis in np.atleast_1d(constants[node.input[1]])
+        ]
+        kept = [axis for axis in axes if shape[axis] in (None, 1)]
+        if kept == axes:
+            continue
+        changed = True
+        if kept:
+            name = f"{node.name}_kept_axes"
+            proto.graph.initializer.append(
+                numpy_helper.from_array(np.array(kept, dtype="int64"), name)
+            )
+            node.input[1] = name
+        else:
+            node.op_type = "Identity"
+            del node.input[1]
+    if changed:
+        onnx.checker.check_model(proto)
+        onnx.save(proto, path)
