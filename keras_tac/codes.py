@@ -162,7 +162,8 @@ def class_codes(num_classes, num_blocks, max_block_width=16, seed=0):
             f"Received: num_blocks={num_blocks!r}"
         )
     if (
-        not isinstance(max_block_width, (int, np.integer))
+        isinstance(max_block_width, bool)
+        or not isinstance(max_block_width, (int, np.integer))
         or max_block_width < 1
     ):
         raise ValueError(

@@ -1,11 +1,14 @@
+import contextlib
 import copy
 import math
+import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_tac import codes as codes_lib
+from keras_tac import feature_cache
 from keras_tac import tapping
 from keras_tac import thresholds as thresholds_lib
 from keras_tac import validation
@@ -153,6 +156,13 @@ class TACModel(keras.Model):
         )
         _check_range("code_noise", code_noise, 0.0, 0.999)
         _check_range("mixup_alpha", mixup_alpha, 0.0, math.inf)
+        for name, value in (
+            ("cross_entropy_weight", cross_entropy_weight),
+            ("regression_weight", regression_weight),
+            ("base_loss_weight", base_loss_weight),
+        ):
+            _check_range(name, value, 0.0, math.inf)
+        seed = validation.check_seed(seed)
         if train_base and not base_model.trainable:
             raise ValueError(
                 "`train_base=True` but `base_model.trainable` is False. Set "
@@ -215,7 +225,7 @@ class TACModel(keras.Model):
                 projection=projection,
                 slicing=slicing,
                 reduction=reduction,
-                seed=seed + index,
+                seed=(seed + index) % (validation.MAX_SEED + 1),
                 name=f"profile_{index}",
             )
             layer.build(shape)
@@ -267,14 +277,23 @@ class TACModel(keras.Model):
     # ------------------------------------------------------------------
     def call(self, inputs, training=False):
         outputs = {}
-        if training and self.mixup_alpha > 0:
-            inputs, mix_weight, permutation = self._mix(inputs)
-            outputs["mixup_weight"] = mix_weight
-            outputs["mixup_permutation"] = permutation
-        tapped = self._tap_model(
-            inputs, training=bool(training) and self.train_base
-        )
-        base_output, taps = tapped[0], tapped[1:]
+        if feature_cache.is_cached_features(inputs):
+            # Pooled taps cached by `fit` (see `keras_tac.feature_cache`):
+            # pooling is the identity on them, the base is not run.
+            base_output, taps = feature_cache.unpack_cached_features(
+                inputs, len(self.profile_layers)
+            )
+            input_is_finite = ops.ones((ops.shape(base_output)[0],), "bool")
+        else:
+            if training and self.mixup_alpha > 0:
+                inputs, mix_weight, permutation = self._mix(inputs)
+                outputs["mixup_weight"] = mix_weight
+                outputs["mixup_permutation"] = permutation
+            tapped = self._tap_model(
+                inputs, training=bool(training) and self.train_base
+            )
+            base_output, taps = tapped[0], tapped[1:]
+            input_is_finite = _finite_per_sample(inputs)
         profile = ops.concatenate(
             [
                 ops.cast(layer(tap, training=training), "float32")
@@ -296,7 +315,7 @@ class TACModel(keras.Model):
                 "tac_confidence": self._score(
                     profile, distances, tac_prediction
                 ),
-                "input_is_finite": _finite_per_sample(inputs),
+                "input_is_finite": input_is_finite,
             }
         )
         return outputs
@@ -428,18 +447,89 @@ class TACModel(keras.Model):
             tracker.update_state(correct, sample_weight=sample_weight)
         return self.get_metrics_result()
 
-    def fit(self, x=None, y=None, validation_data=None, **kwargs):
+    def fit(
+        self,
+        x=None,
+        y=None,
+        validation_data=None,
+        cache_features=None,
+        **kwargs,
+    ):
+        """Trains the TAC add-on (and the base, with `train_base=True`).
+
+        Takes the arguments of `keras.Model.fit`, plus `cache_features`.
+
+        With a frozen base (`train_base=False`), `mixup_alpha=0` and NumPy
+        arrays (or tensors) as `x` and `y`, every epoch would feed the
+        profile layers the same tapped activations. `fit` then runs the
+        base model once over `x` (and array `validation_data`), keeps each
+        tap's pooled activations and the base head's output (in memory, or
+        in a temporary memory-mapped file above
+        `keras_tac.feature_cache.MEMORY_BUDGET_BYTES`) and trains the same
+        profile layers on them: the loss, metrics, callbacks and `History`
+        are those of the ordinary path, at a fraction of the cost. It says
+        so in one log line. Datasets and generators, which may augment at
+        random, take the ordinary path.
+
+        Args:
+            cache_features: `None`, `True` or `False`. `None` caches when
+                it is valid (above), `True` requires it (an error says why
+                it is not valid), `False` re-runs the base each step.
+                Defaults to `None`.
+            **kwargs: the arguments of `keras.Model.fit`.
+
+        Returns:
+            A `keras.callbacks.History`.
+        """
         self._check_data(x, y, "fit")
         if (
             isinstance(validation_data, (list, tuple))
             and len(validation_data) >= 2
         ):
             self._check_data(validation_data[0], validation_data[1], "fit")
+        if cache_features not in (None, True, False):
+            raise ValueError(
+                "Invalid `cache_features`: expected None, True or False. "
+                f"Received: cache_features={cache_features!r}"
+            )
+        if cache_features is not False:
+            reason = feature_cache.reason_not_to_cache(
+                self, x, y, validation_data, kwargs
+            )
+            if reason is None:
+                return feature_cache.fit_on_cached_features(
+                    self, super().fit, x, y, validation_data, kwargs
+                )
+            if cache_features:
+                raise ValueError(
+                    "`cache_features=True` but cached-feature training is "
+                    f"not valid here: {reason}."
+                )
         return super().fit(x, y, validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
         self._check_data(x, y, "evaluate")
         return super().evaluate(x, y, **kwargs)
+
+    def predict(
+        self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
+    ):
+        """`keras.Model.predict`, with array inputs checked first.
+
+        A wrong shape, dtype or an empty batch is a clear error here rather
+        than deep in a backend (or, on PyTorch, a silent broadcast). NaN
+        and infinite values are allowed and flagged in `"input_is_finite"`.
+        Returns the model's dict of outputs as NumPy arrays.
+        """
+        self._check_data(x, None, "predict", allow_non_finite=True)
+        with _jax_state_kept(self):
+            return super().predict(
+                x,
+                batch_size=batch_size,
+                verbose=verbose,
+                steps=steps,
+                callbacks=callbacks,
+            )
 
     # ------------------------------------------------------------------
     # Rejection
@@ -554,7 +644,9 @@ class TACModel(keras.Model):
             x: inputs, as for `predict`. Samples holding NaN or infinite
                 values are allowed and are never accepted.
             threshold: float or `None`. Overrides the threshold stored by
-                `calibrate`. Defaults to `None`.
+                `calibrate` (a NumPy scalar or 0-d array is fine; `inf`
+                rejects every input, `-inf` accepts every finite one; NaN
+                is an error). Defaults to `None`.
             batch_size: int or `None`. Defaults to `None` (32).
             verbose: progress bar setting, as in `predict`. Defaults to
                 `"auto"`.
@@ -574,11 +666,8 @@ class TACModel(keras.Model):
                     "No rejection threshold: call `calibrate(x_val, y_val)` "
                     "first, or pass `threshold=`."
                 )
-        elif not isinstance(threshold, (int, float)) or math.isnan(threshold):
-            raise ValueError(
-                "Invalid `threshold`: expected a number. "
-                f"Received: threshold={threshold!r}"
-            )
+        else:
+            threshold = _check_threshold(threshold)
         self._check_data(
             x, None, "predict_with_rejection", allow_non_finite=True
         )
@@ -668,20 +757,55 @@ class TACModel(keras.Model):
 
     def _check_data(self, x, y, where, allow_non_finite=False):
         """Validates arrays up front; datasets by their element spec."""
+        if x is None:
+            raise ValueError(
+                f"`{where}` expected inputs `x` (arrays, or a dataset). "
+                "Received: x=None"
+            )
         spec = getattr(x, "element_spec", None)
         if spec is not None:
             self._check_element_spec(spec, where)
             return None
-        if x is None or not _is_arrays(x):
+        if not _is_arrays(x) or feature_cache.is_cached_features(x):
             return None
         num_samples = validation.check_inputs(
-            x, self.input_shapes, where, allow_non_finite=allow_non_finite
+            x,
+            self.input_shapes,
+            where,
+            allow_non_finite=allow_non_finite,
+            input_names=_input_names(self.base_model),
         )
         if where in ("fit", "evaluate"):
             validation.check_labels(y, self.num_classes, num_samples, where)
         return num_samples
 
     def _check_element_spec(self, spec, where):
+        inputs = spec[0] if isinstance(spec, tuple) else spec
+        if isinstance(inputs, dict):
+            names = _input_names(self.base_model)
+            if sorted(inputs) != sorted(names):
+                raise ValueError(
+                    f"`{where}` expected dataset inputs with the keys "
+                    f"{sorted(names)} (the base model's input names). "
+                    f"Received keys {sorted(inputs)}"
+                )
+            inputs = [inputs[name] for name in names]
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if len(inputs) == len(self.input_shapes):
+            for input_spec, expected in zip(inputs, self.input_shapes):
+                shape = getattr(input_spec, "shape", None)
+                if shape is None or shape.rank is None:
+                    continue
+                shape = tuple(shape)
+                if len(shape) != len(expected) or any(
+                    want is not None and got is not None and want != got
+                    for want, got in zip(expected[1:], shape[1:])
+                ):
+                    raise ValueError(
+                        f"Invalid dataset for `{where}`: expected batches of "
+                        f"inputs of shape {expected} (None = any size). "
+                        f"Received element spec shape {shape}"
+                    )
         if not isinstance(spec, tuple) or len(spec) < 2:
             if where in ("fit", "evaluate"):
                 raise ValueError(
@@ -869,11 +993,12 @@ def _check_choice(name, value, choices):
 def _check_range(name, value, low, high):
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
         or not low <= value <= high
     ):
         raise ValueError(
-            f"Invalid `{name}`: expected a number in [{low}, {high}]. "
+            f"Invalid `{name}`: expected a finite number in [{low}, {high}]. "
             f"Received: {name}={value!r}"
         )
 
@@ -905,6 +1030,60 @@ def _finite_per_sample(inputs):
 
 def _is_floating(tensor):
     return "float" in str(getattr(tensor, "dtype", "float"))
+
+
+def _input_names(model):
+    """The names by which a dict of inputs is matched to `model.inputs`."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        # Sequential models may have `inputs` but no `input` structure.
+        structure = None
+    if isinstance(structure, dict):
+        return sorted(structure)
+    return [tensor.name for tensor in model.inputs]
+
+
+def _check_threshold(threshold):
+    if np.ndim(threshold) == 0 and isinstance(threshold, np.ndarray):
+        threshold = threshold.item()
+    if (
+        isinstance(threshold, (bool, np.bool_))
+        or not isinstance(threshold, numbers.Real)
+        or math.isnan(threshold)
+    ):
+        raise ValueError(
+            "Invalid `threshold`: expected a number (not NaN). "
+            f"Received: threshold={threshold!r}"
+        )
+    return float(threshold)
+
+
+@contextlib.contextmanager
+def _jax_state_kept(model):
+    """Leaves the model usable when a `predict` step raises.
+
+    Keras's JAX trainer detaches the values of the variables while it
+    predicts and reattaches them at the end: an error in a step (a
+    malformed batch from a generator, an interrupt) would leave the model
+    without weights. Holding the values (references, not copies) lets us
+    reattach them.
+    """
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    values = [(variable, variable.value) for variable in model.variables]
+    try:
+        yield
+    except BaseException:
+        # The state of the last step that ran, if any (the step donates
+        # its input buffers, so the held values may be gone by then)...
+        model.jax_state_sync()
+        # ... else the values held from before the first step.
+        for variable, value in values:
+            if getattr(variable, "_value", None) is None:
+                variable.assign(value)
+        raise
 
 
 def _is_arrays(x):

@@ -1,6 +1,7 @@
 """Checks of user data that fail early with a message naming what was
 expected and what came, instead of deep inside a backend."""
 
+import keras
 import numpy as np
 
 
@@ -9,13 +10,50 @@ def is_array_like(data):
     return hasattr(data, "shape") and hasattr(data, "dtype")
 
 
-def check_inputs(x, input_shapes, where, allow_non_finite=False):
+# Seeds become int32 tensors on some backends (torch's SeedGenerator).
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed, name="seed"):
+    """Checks a seed: an int in `[0, 2**31 - 1]`, the range every backend
+    accepts. Returns it as a Python int."""
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer))
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected an int in [0, {MAX_SEED}]. "
+            f"Received: {name}={seed!r}"
+        )
+    return int(seed)
+
+
+def check_inputs(
+    x, input_shapes, where, allow_non_finite=False, input_names=None
+):
     """Checks arrays against the base model's input shapes and finiteness.
 
     `x` may be one array or a list / tuple / dict of arrays for a
     multi-input model; datasets and generators are checked elsewhere.
+    With `input_names` (the names of the base model's inputs, in the order
+    of `input_shapes`), a dict must have exactly those keys and is matched
+    by name; without, its values are taken in sorted key order.
     Returns the number of samples.
     """
+    if x is None:
+        raise ValueError(
+            f"`{where}` expected input arrays matching the base model's "
+            f"inputs {input_shapes}. Received: x=None"
+        )
+    if isinstance(x, dict) and input_names is not None:
+        if sorted(x) != sorted(input_names):
+            raise ValueError(
+                f"Invalid input to `{where}`: expected a dict with the keys "
+                f"{sorted(input_names)} (the base model's input names). "
+                f"Received keys {sorted(x)}"
+            )
+        x = [x[name] for name in input_names]
     arrays = _flatten(x)
     if len(arrays) != len(input_shapes):
         raise ValueError(
@@ -40,14 +78,14 @@ def check_inputs(x, input_shapes, where, allow_non_finite=False):
                 f"Invalid input to `{where}`: received an empty batch of "
                 f"shape {shape}; expected at least one sample."
             )
-        dtype = np.dtype(_numpy_dtype(array))
-        if dtype.kind not in "biuf":
+        dtype = _dtype_name(array)
+        if not _is_numeric(dtype):
             raise TypeError(
                 f"Invalid input to `{where}`: expected a numeric array. "
                 f"Received dtype {dtype}"
             )
-        if not allow_non_finite and dtype.kind == "f":
-            finite = np.isfinite(np.asarray(array))
+        if not allow_non_finite and "float" in dtype:
+            finite = np.isfinite(_to_float_numpy(array))
             if not finite.all():
                 bad = int((~finite.reshape(shape[0], -1).all(axis=1)).sum())
                 raise ValueError(
@@ -119,10 +157,27 @@ def _flatten(x):
     return [x]
 
 
-def _numpy_dtype(array):
+def _dtype_name(array):
+    """Keras's name of a NumPy or backend dtype (`"float32"`, `"bfloat16"`,
+    `"bool"`), or the raw dtype's text when Keras does not know it."""
     dtype = getattr(array, "dtype", None)
     try:
-        return np.dtype(dtype)
-    except TypeError:
-        # Backend dtypes (torch.float32, tf.float32) through their names.
-        return np.dtype(str(dtype).rsplit(".", 1)[-1].replace("'>", ""))
+        return keras.backend.standardize_dtype(dtype)
+    except (TypeError, ValueError, AttributeError):
+        return str(dtype)
+
+
+def _is_numeric(dtype_name):
+    return dtype_name == "bool" or dtype_name.startswith(
+        ("float", "bfloat", "int", "uint")
+    )
+
+
+def _to_float_numpy(array):
+    if not isinstance(array, np.ndarray):
+        array = keras.ops.convert_to_numpy(array)
+    array = np.asarray(array)
+    if array.dtype.kind != "f":
+        # bfloat16 (ml_dtypes) is not a NumPy float kind.
+        array = array.astype(np.float32)
+    return array

@@ -1,5 +1,6 @@
 import keras
 
+from keras_tac import validation
 from keras_tac.api_export import keras_tac_export
 from keras_tac.layers.slice_reduce import SliceReduce
 from keras_tac.layers.tap_pooling import TapPooling
@@ -57,7 +58,7 @@ class ActivationProfile(keras.layers.Layer):
         self.projection = projection
         self.slicing = slicing
         self.reduction = reduction
-        self.seed = seed
+        self.seed = validation.check_seed(seed)
         self.pooling = TapPooling(dtype=self.dtype_policy, name="pooling")
         self.projector = TapProjection(
             projection, seed=seed, dtype=self.dtype_policy, name="projection"

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac import validation
 from keras_tac.api_export import keras_tac_export
 
 SLICINGS = ("uniform", "random")
@@ -97,7 +98,7 @@ class SliceReduce(keras.layers.Layer):
         self.num_slices = num_slices
         self.slicing = slicing
         self.reduction = reduction
-        self.seed = seed
+        self.seed = validation.check_seed(seed)
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
@@ -116,6 +117,9 @@ class SliceReduce(keras.layers.Layer):
             trainable=False,
         )
         self.indices.assign(indices)
+        # The indices fit this width only: a wider input would be cut short,
+        # a narrower one indexed out of range (silently clipped on JAX).
+        self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_shape[-1]})
 
     def call(self, inputs):
         valid = ops.greater_equal(self.indices, 0)

@@ -36,6 +36,11 @@ class TapPooling(keras.layers.Layer):
                 "TapPooling expected an input of rank 2 or more "
                 f"(batch, ..., channels). Received shape {inputs.shape}"
             )
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if not dtype.startswith(("float", "bfloat", "int", "uint")):
+            raise TypeError(
+                f"TapPooling expected a numeric tensor. Received dtype {dtype}"
+            )
         if rank == 2:
             return inputs
         return ops.mean(inputs, axis=tuple(range(1, rank - 1)))

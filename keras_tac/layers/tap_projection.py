@@ -1,5 +1,6 @@
 import keras
 
+from keras_tac import validation
 from keras_tac.api_export import keras_tac_export
 
 # Number of Dense layers of each projection; ReLUs sit between them.
@@ -45,7 +46,7 @@ class TapProjection(keras.layers.Layer):
                 f"Received: projection={projection!r}"
             )
         self.projection = projection
-        self.seed = seed
+        self.seed = validation.check_seed(seed)
         self.dense_layers = []
 
     def build(self, input_shape):
@@ -60,13 +61,14 @@ class TapProjection(keras.layers.Layer):
             dense = keras.layers.Dense(
                 width,
                 kernel_initializer=keras.initializers.GlorotUniform(
-                    seed=self.seed * 7919 + index
+                    seed=(self.seed * 7919 + index) % (validation.MAX_SEED + 1)
                 ),
                 dtype=self.dtype_policy,
                 name=f"dense_{index}",
             )
             dense.build(shape)
             self.dense_layers.append(dense)
+        self.input_spec = keras.InputSpec(ndim=2, axes={-1: width})
 
     def call(self, inputs):
         outputs = inputs

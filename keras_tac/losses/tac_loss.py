@@ -1,3 +1,6 @@
+import math
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -7,6 +10,8 @@ from keras_tac.layers.code_matching import code_distances
 
 MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 50.0
+# How far from 1 a row of class probabilities may sum (mixup, float error).
+PROBABILITY_TOLERANCE = 1e-3
 
 
 def labels_to_probabilities(labels, num_classes, profile_rank=2):
@@ -14,15 +19,33 @@ def labels_to_probabilities(labels, num_classes, profile_rank=2):
     `(batch, num_classes)` as float32 probabilities `(batch, num_classes)`.
 
     The form is told from the static shape, so a wrong one is an error when
-    the step is traced rather than a silent broadcast.
+    the step is traced rather than a silent broadcast. Invalid values
+    (labels outside `[0, num_classes)`, not whole or NaN; probability rows
+    that are negative or do not sum to 1) raise a `ValueError` when the
+    labels are a NumPy array or a list. Tensors may be symbolic, where
+    nothing can be raised: their invalid rows become NaN, so the loss is
+    NaN (loud) instead of silently wrong (`one_hot` maps an out-of-range
+    label to a row of zeros).
     """
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
+    if isinstance(labels, np.ndarray):
+        check_labels(labels, num_classes, profile_rank)
     shape = tuple(labels.shape)
     if (
         len(shape) == profile_rank
         and shape[-1] == num_classes
         and num_classes > 1
     ):
-        return ops.cast(labels, "float32")
+        probabilities = ops.cast(labels, "float32")
+        valid = ops.logical_and(
+            ops.all(ops.greater_equal(probabilities, 0.0), axis=-1),
+            ops.less_equal(
+                ops.abs(ops.sum(probabilities, axis=-1) - 1.0),
+                PROBABILITY_TOLERANCE,
+            ),
+        )
+        return _nan_rows(probabilities, valid)
     if len(shape) == profile_rank and shape[-1] == 1:
         labels = ops.squeeze(labels, axis=-1)
     elif len(shape) != profile_rank - 1:
@@ -31,7 +54,66 @@ def labels_to_probabilities(labels, num_classes, profile_rank=2):
             f"or (batch, 1), or class probabilities of shape (batch, "
             f"{num_classes}). Received shape {shape}"
         )
-    return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+    values = ops.cast(labels, "float32")
+    # NaN fails every comparison, so NaN labels are invalid too.
+    valid = ops.logical_and(
+        ops.logical_and(
+            ops.greater_equal(values, 0.0),
+            ops.less(values, float(num_classes)),
+        ),
+        ops.equal(ops.floor(values), values),
+    )
+    indices = ops.cast(ops.where(valid, values, 0.0), "int32")
+    one_hot = ops.one_hot(indices, num_classes, dtype="float32")
+    return _nan_rows(one_hot, valid)
+
+
+def check_labels(labels, num_classes, profile_rank=2):
+    """Raises a `ValueError` naming expected and received for invalid NumPy
+    labels (see `labels_to_probabilities`)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise TypeError(
+            "Invalid labels: expected integer class labels or class "
+            f"probabilities. Received dtype {labels.dtype}"
+        )
+    values = labels.astype(np.float64)
+    if (
+        labels.ndim == profile_rank
+        and labels.shape[-1] == num_classes
+        and num_classes > 1
+    ):
+        sums = values.sum(axis=-1) if values.size else values
+        if (
+            not np.all(np.isfinite(values))
+            or np.any(values < 0)
+            or np.any(np.abs(sums - 1.0) > PROBABILITY_TOLERANCE)
+        ):
+            raise ValueError(
+                f"Invalid labels: rows of shape (batch, {num_classes}) are "
+                "read as class probabilities and must be finite, "
+                "non-negative and sum to 1. For integer labels pass shape "
+                "(batch,)."
+            )
+        return
+    bad = ~(
+        np.isfinite(values)
+        & (values >= 0)
+        & (values < num_classes)
+        & (np.floor(values) == values)
+    )
+    if np.any(bad):
+        raise ValueError(
+            "Invalid labels: expected whole numbers in "
+            f"[0, {num_classes - 1}] for {num_classes} classes. Received "
+            f"{int(bad.sum())} invalid label(s), e.g. {values[bad][0]!r}"
+        )
+
+
+def _nan_rows(probabilities, valid):
+    return ops.where(
+        ops.expand_dims(valid, axis=-1), probabilities, float("nan")
+    )
 
 
 def tac_loss(
@@ -83,10 +165,27 @@ def tac_loss(
     Reference:
         [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488)
     """
+    if isinstance(codes, (np.ndarray, list, tuple)):
+        _check_codes(codes)
     profile = ops.cast(profile, "float32")
     codes = ops.cast(codes, "float32")
-    num_classes = codes.shape[0]
+    num_classes, code_length = codes.shape
+    if len(profile.shape) != 2 or profile.shape[-1] not in (
+        None,
+        code_length,
+    ):
+        raise ValueError(
+            "Invalid `profile`: expected the activation profiles, of shape "
+            f"(batch, {code_length}) to match the codes of shape "
+            f"{tuple(codes.shape)}. Received shape {tuple(profile.shape)}"
+        )
     probabilities = labels_to_probabilities(y_true, num_classes)
+    batch_sizes = (probabilities.shape[0], profile.shape[0])
+    if None not in batch_sizes and batch_sizes[0] != batch_sizes[1]:
+        raise ValueError(
+            "Invalid labels: expected one label per profile, "
+            f"{batch_sizes[1]} in all. Received {batch_sizes[0]}"
+        )
     noisy_codes = codes
     if code_noise:
         flips = keras.random.uniform(ops.shape(codes), seed=seed) < code_noise
@@ -144,22 +243,23 @@ class TACLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        codes = np.asarray(codes, dtype="float32")
-        if codes.ndim != 2 or not np.all(np.isin(codes, (-1.0, 1.0))):
-            raise ValueError(
-                "Invalid `codes`: expected a 2-D array of +1/-1 entries. "
-                f"Received shape {codes.shape}"
-            )
-        if not MIN_TEMPERATURE <= float(temperature) <= MAX_TEMPERATURE:
-            raise ValueError(
-                f"Invalid `temperature`: expected a float in "
-                f"[{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]. "
-                f"Received: temperature={temperature!r}"
-            )
+        codes = _check_codes(codes)
+        _check_number(
+            "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
+        )
+        _check_number("cross_entropy_weight", cross_entropy_weight)
+        _check_number("regression_weight", regression_weight)
         self.codes = codes
         self.temperature = float(temperature)
         self.cross_entropy_weight = float(cross_entropy_weight)
         self.regression_weight = float(regression_weight)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras turns `y_true` into a tensor before `call`: check NumPy
+        # labels while they can still raise.
+        if isinstance(y_true, (np.ndarray, list, tuple)):
+            check_labels(y_true, self.codes.shape[0])
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         if len(y_pred.shape) != 2 or y_pred.shape[-1] != self.codes.shape[1]:
@@ -188,3 +288,42 @@ class TACLoss(keras.losses.Loss):
             }
         )
         return config
+
+
+def _check_codes(codes):
+    try:
+        codes = np.asarray(codes, dtype="float32")
+    except (TypeError, ValueError):
+        codes = np.asarray(codes, dtype=object)
+    if (
+        codes.ndim != 2
+        or codes.shape[0] < 2
+        or codes.shape[1] < 1
+        or codes.dtype == object
+        or not np.all(np.isin(codes, (-1.0, 1.0)))
+    ):
+        raise ValueError(
+            "Invalid `codes`: expected an array of shape (num_classes >= 2, "
+            "code_length >= 1) with every entry +1 or -1. Received shape "
+            f"{codes.shape} with values {_some_values(codes)}"
+        )
+    return codes
+
+
+def _some_values(array):
+    values = sorted({repr(value) for value in np.ravel(array).tolist()})
+    return ", ".join(values[:6])
+
+
+def _check_number(name, value, low=0.0, high=math.inf):
+    """A finite real number in `[low, high]` (bools are refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a finite number in [{low}, {high}]. "
+            f"Received: {name}={value!r}"
+        )

@@ -1,0 +1,146 @@
+"""Fit and evaluate several scorers with one forward pass per batch."""
+
+import numpy as np
+
+from keras_tac import validation
+from keras_tac.scores.deep_knn import DeepKNN
+from keras_tac.scores.features import FeatureExtractor
+from keras_tac.scores.logit_scores import Energy
+from keras_tac.scores.logit_scores import MaxLogit
+from keras_tac.scores.logit_scores import MaxSoftmaxProbability
+from keras_tac.scores.mahalanobis import MahalanobisDistance
+from keras_tac.scores.scorer import Scorer
+from keras_tac.scores.tac_score import TAC_SCORES
+from keras_tac.scores.tac_score import TACScore
+
+
+def default_scorers(tac):
+    """The standard set of scorers for a TAC model, in report order.
+
+    `"msp"`, `"max_logit"`, `"energy"`, `"mahalanobis"`, `"knn"` (the last
+    two need fitting), `"tac"` (the model's own `score`), and TAC's two
+    other scores (`"tac_<kind>"`).
+
+    Args:
+        tac: a `keras_tac.TACModel`.
+
+    Returns:
+        A list of new, unfitted `Scorer` objects.
+    """
+    return [
+        MaxSoftmaxProbability(),
+        MaxLogit(),
+        Energy(),
+        MahalanobisDistance(),
+        DeepKNN(),
+        TACScore(),
+        *[TACScore(kind) for kind in TAC_SCORES if kind != tac.score],
+    ]
+
+
+def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
+    """Fits every scorer that needs it in one pass over `(x, y)`.
+
+    Use the base model's training data (or data like it). Each batch goes
+    through the tapped base model once and is handed to every scorer's
+    `update`; scorers keep running statistics, not activations.
+
+    Args:
+        tac: a `keras_tac.TACModel`.
+        x: inputs (NumPy arrays).
+        y: integer labels `(n,)` or one-hot rows `(n, num_classes)`.
+        scorers: list of `Scorer`; those without `needs_fit` are skipped.
+        batch_size: int. Defaults to `256`.
+        verbose: progress bar, `"auto"`, `0` or `1`. Defaults to `"auto"`.
+
+    Returns:
+        The list of fitted scorers (the same objects).
+    """
+    scorers = _check_scorers(scorers)
+    to_fit = [scorer for scorer in scorers if scorer.needs_fit]
+    if not to_fit:
+        return scorers
+    extractor = FeatureExtractor.of(tac)
+    num_inputs = extractor.check_inputs(x, "fit_scorers")
+    labels = validation.check_labels(
+        y, tac.num_classes, num_inputs, "fit_scorers"
+    )
+    if labels.ndim == 2:
+        labels = labels.argmax(axis=1)
+    for scorer in to_fit:
+        scorer.reset()
+    start = 0
+    for features in extractor.batches(x, batch_size, verbose, "fit_scorers"):
+        stop = start + len(features.base_output)
+        for scorer in to_fit:
+            scorer.update(features, labels[start:stop])
+        start = stop
+    for scorer in to_fit:
+        scorer.finalize()
+    return scorers
+
+
+def compute_scores(
+    tac,
+    x,
+    scorers=None,
+    batch_size=256,
+    verbose="auto",
+    return_prediction=False,
+):
+    """Scores every input with every scorer, one forward pass per batch.
+
+    Args:
+        tac: a `keras_tac.TACModel`.
+        x: inputs (NumPy arrays).
+        scorers: list of fitted `Scorer`, or `None` for the scorers of
+            `default_scorers(tac)` that need no fitting. Defaults to `None`.
+        batch_size: int. Defaults to `256`.
+        verbose: progress bar, `"auto"`, `0` or `1`. Defaults to `"auto"`.
+        return_prediction: bool. Also return the base head's predictions.
+            Defaults to `False`.
+
+    Returns:
+        A dict `{scorer.name: float64 array (n,)}` (higher = more
+        confident), or `(scores, prediction)` with `return_prediction`.
+    """
+    if scorers is None:
+        scorers = [s for s in default_scorers(tac) if not s.needs_fit]
+    scorers = _check_scorers(scorers)
+    for scorer in scorers:
+        if scorer.needs_fit and not scorer.fitted:
+            raise ValueError(
+                f"Scorer {scorer.name!r} is not fitted: call "
+                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, scorers)` "
+                "first."
+            )
+    parts = {scorer.name: [] for scorer in scorers}
+    predictions = []
+    extractor = FeatureExtractor.of(tac)
+    for features in extractor.batches(x, batch_size, verbose, "compute_scores"):
+        predictions.append(features.prediction)
+        for scorer in scorers:
+            parts[scorer.name].append(
+                np.asarray(scorer.score_batch(features), dtype=np.float64)
+            )
+    scores = {name: np.concatenate(values) for name, values in parts.items()}
+    if return_prediction:
+        return scores, np.concatenate(predictions).astype(np.int32)
+    return scores
+
+
+def _check_scorers(scorers):
+    scorers = list(scorers)
+    for scorer in scorers:
+        if not isinstance(scorer, Scorer):
+            raise TypeError(
+                "Invalid `scorers`: expected keras_tac.scores.Scorer objects. "
+                f"Received {type(scorer).__name__}"
+            )
+    names = [scorer.name for scorer in scorers]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(
+            f"Invalid `scorers`: names must be unique. Duplicates: {duplicates}"
+        )
+    return scorers

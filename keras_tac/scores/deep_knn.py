@@ -1,0 +1,135 @@
+"""Deep k-nearest-neighbour score on normalised penultimate features."""
+
+import numpy as np
+
+from keras_tac.scores.scorer import Scorer
+from keras_tac.scores.scorer import register_scorer
+
+
+@register_scorer
+class DeepKNN(Scorer):
+    """Negative distance to the k-th nearest fit input (Sun et al., 2022).
+
+    Features are the pooled activations of one tap (by default the last
+    tap, which with the default taps is the input of the base head, the
+    penultimate layer), L2-normalised. The fit pass stores the normalised
+    features of the fit inputs (the bank; optionally a random subset); the
+    score is `-||u - u_(k)||_2`, with `u_(k)` the k-th nearest bank vector.
+    Higher = more confident. Labels are not used.
+
+    Args:
+        k: int. Which neighbour. Defaults to `10`.
+        tap: int. Index of the tap in `tac.tap_layers`. Defaults to `-1`.
+        max_bank_size: int or `None`. Keep at most this many fit inputs,
+            drawn at random with `seed`. Defaults to `None` (all).
+        seed: int. Seed of that draw. Defaults to `0`.
+        name: str. Key in reports. Defaults to `"knn"`.
+
+    Example:
+
+    >>> DeepKNN(k=5).needs_fit
+    True
+    """
+
+    default_name = "knn"
+    needs_fit = True
+
+    def __init__(self, k=10, tap=-1, max_bank_size=None, seed=0, name=None):
+        super().__init__(name=name)
+        for arg, value in (("k", k), ("max_bank_size", max_bank_size)):
+            if arg == "max_bank_size" and value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+            ):
+                raise ValueError(
+                    f"Invalid `{arg}`: expected a positive int. "
+                    f"Received: {arg}={value!r}"
+                )
+        if isinstance(tap, bool) or not isinstance(tap, int):
+            raise ValueError(
+                f"Invalid `tap`: expected an int index. Received: tap={tap!r}"
+            )
+        self.k = k
+        self.tap = tap
+        self.max_bank_size = max_bank_size
+        self.seed = seed
+        self.bank = None
+        self.reset()
+
+    @property
+    def fitted(self):
+        return self.bank is not None
+
+    def reset(self):
+        self._parts = []
+
+    def _normalised(self, features):
+        try:
+            vectors = features.pooled[self.tap].astype(np.float32)
+        except IndexError:
+            raise ValueError(
+                f"Invalid `tap`: the TAC model has {len(features.pooled)} "
+                f"taps. Received: tap={self.tap}"
+            ) from None
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def update(self, features, labels):
+        self._parts.append(self._normalised(features))
+
+    def finalize(self):
+        if not self._parts:
+            raise ValueError(
+                f"Scorer {self.name!r} saw no fit data: call `update` with at "
+                "least one batch before `finalize`."
+            )
+        bank = np.concatenate(self._parts)
+        if self.max_bank_size is not None and len(bank) > self.max_bank_size:
+            rng = np.random.default_rng(self.seed)
+            bank = bank[
+                rng.choice(len(bank), self.max_bank_size, replace=False)
+            ]
+        if len(bank) < self.k:
+            raise ValueError(
+                f"Invalid `k`: the bank holds {len(bank)} fit inputs, fewer "
+                f"than k={self.k}. Use more fit data or a smaller `k`."
+            )
+        self.bank = bank
+        self.reset()
+
+    def score_batch(self, features):
+        if not self.fitted:
+            raise ValueError(
+                f"Scorer {self.name!r} is not fitted: call "
+                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
+                "first."
+            )
+        queries = self._normalised(features)
+        if queries.shape[1] != self.bank.shape[1]:
+            raise ValueError(
+                f"Scorer {self.name!r} was fitted on features of width "
+                f"{self.bank.shape[1]} but received width {queries.shape[1]}: "
+                "was it fitted for another model?"
+            )
+        similarity = queries @ self.bank.T
+        kth = -np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
+        return -np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "k": self.k,
+            "tap": self.tap,
+            "max_bank_size": self.max_bank_size,
+            "seed": self.seed,
+        }
+
+    def get_state(self):
+        return {} if self.bank is None else {"bank": self.bank}
+
+    def set_state(self, state):
+        if "bank" in state:
+            self.bank = np.asarray(state["bank"], dtype=np.float32)

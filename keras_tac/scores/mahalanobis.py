@@ -1,0 +1,195 @@
+"""Mahalanobis distance to class means on pooled tapped features."""
+
+import numpy as np
+
+from keras_tac.scores.scorer import Scorer
+from keras_tac.scores.scorer import register_scorer
+
+
+@register_scorer
+class MahalanobisDistance(Scorer):
+    """Negative Mahalanobis distance to the nearest class mean
+    (Lee et al., 2018), on the pooled tapped activations.
+
+    For each selected tap `l` with pooled features `h_l(x)` of width
+    `d_l`, class means `mu_lk` and one covariance `S_l` shared by all
+    classes are fitted on the fit data (true labels) in a single streaming
+    pass: per-class sums and one sum of outer products are accumulated in
+    float64 around a shift (the first batch's mean, for numerical
+    stability), so no activation is kept. The score is
+
+        -(1/L) sum_l min_k (h_l - mu_lk)^T S_l^-1 (h_l - mu_lk) / d_l
+
+    Each tap's squared distance is divided by its width (its expected value
+    under a Gaussian model), so wide taps do not drown narrow ones. Higher
+    = more confident (closer to a class). Classes absent from the fit data
+    are ignored.
+
+    Args:
+        taps: `"all"`, `"last"` or a list of tap indices (positions in
+            `tac.tap_layers`, negative allowed). Defaults to `"all"`.
+        regularization: float `>= 0`. Ridge added to each covariance,
+            relative to its mean variance, so dead units keep it
+            invertible. Defaults to `1e-3`.
+        name: str. Key in reports. Defaults to `"mahalanobis"`.
+
+    Example:
+
+    >>> MahalanobisDistance(taps="last").needs_fit
+    True
+    """
+
+    default_name = "mahalanobis"
+    needs_fit = True
+
+    def __init__(self, taps="all", regularization=1e-3, name=None):
+        super().__init__(name=name)
+        if isinstance(taps, str):
+            if taps not in ("all", "last"):
+                raise ValueError(
+                    "Invalid `taps`: expected 'all', 'last' or a list of tap "
+                    f"indices. Received: taps={taps!r}"
+                )
+        elif not taps or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in taps
+        ):
+            raise ValueError(
+                "Invalid `taps`: expected 'all', 'last' or a non-empty list "
+                f"of int tap indices. Received: taps={taps!r}"
+            )
+        else:
+            taps = [int(t) for t in taps]
+        if (
+            isinstance(regularization, bool)
+            or not isinstance(regularization, (int, float))
+            or regularization < 0
+        ):
+            raise ValueError(
+                "Invalid `regularization`: expected a number >= 0. "
+                f"Received: regularization={regularization!r}"
+            )
+        self.taps = taps
+        self.regularization = float(regularization)
+        self.means = None
+        self.precisions = None
+        self.present = None
+        self.reset()
+
+    @property
+    def fitted(self):
+        return self.means is not None
+
+    def reset(self):
+        self._sums = None
+
+    def _select(self, pooled):
+        if self.taps == "all":
+            indices = list(range(len(pooled)))
+        elif self.taps == "last":
+            indices = [len(pooled) - 1]
+        else:
+            indices = self.taps
+        try:
+            return [pooled[i] for i in indices]
+        except IndexError:
+            raise ValueError(
+                f"Invalid `taps`: the TAC model has {len(pooled)} taps. "
+                f"Received: taps={self.taps!r}"
+            ) from None
+
+    def update(self, features, labels):
+        selected = self._select(features.pooled)
+        num_classes = features.base_output.shape[-1]
+        labels = np.asarray(labels)
+        if self._sums is None:
+            self._num_classes = num_classes
+            self._shifts = [h.astype(np.float64).mean(0) for h in selected]
+            self._counts = np.zeros(num_classes)
+            self._sums = [np.zeros((num_classes, h.shape[1])) for h in selected]
+            self._outer = [np.zeros((h.shape[1], h.shape[1])) for h in selected]
+        self._counts += np.bincount(labels, minlength=num_classes)
+        for index, features_l in enumerate(selected):
+            centred = features_l.astype(np.float64) - self._shifts[index]
+            np.add.at(self._sums[index], labels, centred)
+            self._outer[index] += centred.T @ centred
+
+    def finalize(self):
+        if self._sums is None:
+            raise ValueError(
+                f"Scorer {self.name!r} saw no fit data: call `update` with at "
+                "least one batch before `finalize`."
+            )
+        present = self._counts > 0
+        total = self._counts.sum()
+        means, precisions = [], []
+        for shift, sums, outer in zip(self._shifts, self._sums, self._outer):
+            class_means = np.zeros_like(sums)
+            class_means[present] = sums[present] / self._counts[present, None]
+            between = (class_means[present] * self._counts[present, None]).T
+            scatter = outer - between @ class_means[present]
+            covariance = (scatter + scatter.T) / (2.0 * total)
+            width = covariance.shape[0]
+            scale = np.trace(covariance) / width
+            scale = scale if scale > 0 else 1.0
+            covariance += self.regularization * scale * np.eye(width)
+            precisions.append(np.linalg.pinv(covariance, hermitian=True))
+            means.append(class_means + shift)
+        self.means = means
+        self.precisions = precisions
+        self.present = present
+        self.reset()
+
+    def score_batch(self, features):
+        if not self.fitted:
+            raise ValueError(
+                f"Scorer {self.name!r} is not fitted: call "
+                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
+                "first."
+            )
+        selected = self._select(features.pooled)
+        total = 0.0
+        for features_l, means, precision in zip(
+            selected, self.means, self.precisions
+        ):
+            if features_l.shape[1] != means.shape[1]:
+                raise ValueError(
+                    f"Scorer {self.name!r} was fitted on features of width "
+                    f"{means.shape[1]} but received width "
+                    f"{features_l.shape[1]}: was it fitted for another model?"
+                )
+            h = features_l.astype(np.float64)
+            means = means[self.present]
+            projected = h @ precision
+            squared = (
+                np.sum(projected * h, axis=1, keepdims=True)
+                - 2.0 * projected @ means.T
+                + np.sum((means @ precision) * means, axis=1)[None, :]
+            )
+            total = total + squared.min(axis=1) / h.shape[1]
+        return -total / len(selected)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "taps": self.taps,
+            "regularization": self.regularization,
+        }
+
+    def get_state(self):
+        if not self.fitted:
+            return {}
+        state = {"present": self.present}
+        for index, (means, precision) in enumerate(
+            zip(self.means, self.precisions)
+        ):
+            state[f"means_{index}"] = means
+            state[f"precision_{index}"] = precision
+        return state
+
+    def set_state(self, state):
+        if not state:
+            return
+        count = sum(key.startswith("means_") for key in state)
+        self.means = [state[f"means_{i}"] for i in range(count)]
+        self.precisions = [state[f"precision_{i}"] for i in range(count)]
+        self.present = state["present"].astype(bool)
