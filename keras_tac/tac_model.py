@@ -59,6 +59,14 @@ class TACModel(keras.Model):
     - `"inner_product"`: `<z, c_pred>`, the reference's score. Unbounded, so
       an input with a large profile (e.g. noise) can look very confident.
 
+    Inputs holding NaN or infinite values are never accepted, whatever the
+    score. With the two distance scores, inputs of extreme magnitude (say
+    `1e6 * x`) are not accepted either: a ReLU base scales its activations,
+    hence the profile, with the input, and the distance to every code
+    grows with the profile. `"inner_product"` grows with it instead and
+    accepts them. (A base that normalises each input is blind to the scale,
+    and so is TAC.)
+
     The model's outputs (`predict`, `__call__`) are a dict with
     `"base_output"` (the base head), `"profile"`, `"distances"`,
     `"prediction"`, `"confidence"`, `"tac_prediction"`, `"tac_confidence"` and
@@ -78,8 +86,9 @@ class TACModel(keras.Model):
         projection: str. `"none"`, `"small"`, `"large"` or `"very_large"`.
             Defaults to `"small"`.
         train_base: bool. Train the base model jointly. Defaults to `False`.
-        seed: int. Seed of codes, random slices, initializers and
-            regularisers. Defaults to `0`.
+        seed: int in `[0, 2**31 - 1]`. Seed of codes, random slices,
+            initializers and regularisers; the codes and slices are the
+            same on every backend. Defaults to `0`.
         slicing: str. `"uniform"` or `"random"`. Defaults to `"uniform"`.
         reduction: str. `"mean"` or `"median"`. Defaults to `"mean"`.
         score: str. Default confidence score, one of `"distance"`,
@@ -376,8 +385,20 @@ class TACModel(keras.Model):
             )
         super().compile(optimizer=optimizer, **kwargs)
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config = dict(config, backend=keras.backend.backend())
+        return config
+
     def compile_from_config(self, config):
         config = dict(config)
+        if config.pop("backend", None) != keras.backend.backend():
+            # `jit_compile` is XLA on TensorFlow and JAX but torch.compile
+            # on PyTorch (minutes for a first predict), and False from
+            # PyTorch makes JAX run op by op: use the loading backend's
+            # default instead of the saving backend's.
+            config.pop("jit_compile", None)
         optimizer = config.pop("optimizer", None)
         if isinstance(optimizer, dict):
             # By class name, not module: a model saved under one backend
@@ -673,7 +694,7 @@ class TACModel(keras.Model):
         )
         outputs = self.predict(x, batch_size=batch_size, verbose=verbose)
         confidence = outputs["confidence"]
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
             accepted = (
                 outputs["input_is_finite"]
                 & np.isfinite(confidence)

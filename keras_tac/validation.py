@@ -114,16 +114,18 @@ def check_labels(y, num_classes, num_samples, where):
             f"per input sample. Received shape {y.shape}"
         )
     if y.ndim == 2 and y.shape[1] == num_classes and num_classes > 1:
-        if y.dtype.kind not in "biuf" or not np.all(np.isfinite(y)):
-            raise ValueError(
-                f"Invalid labels for `{where}`: class-probability rows must be "
-                "finite numbers."
-            )
-        if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+        if (
+            y.dtype.kind not in "biuf"
+            or not np.all(np.isfinite(y))
+            or np.any(y < 0)
+            or not np.allclose(y.sum(axis=1), 1.0, atol=1e-3)
+        ):
             raise ValueError(
                 f"Invalid labels for `{where}`: rows of shape (n, "
-                f"{num_classes}) are read as class probabilities and must be "
-                "non-negative and sum to 1. For integer labels pass shape (n,)."
+                f"{num_classes}) are read as class probabilities; expected "
+                "finite, non-negative values that sum to 1 per row (for "
+                "integer labels pass shape (n,)). Received rows summing to "
+                f"{_some_sums(y)}"
             )
         return y
     if y.ndim == 2 and y.shape[1] == 1:
@@ -147,6 +149,14 @@ def check_labels(y, num_classes, num_samples, where):
             f"from {y.min()} to {y.max()}"
         )
     return y
+
+
+def _some_sums(y):
+    try:
+        sums = np.unique(np.round(y.astype(np.float64).sum(axis=1), 4))
+    except (TypeError, ValueError):
+        return f"(non-numeric dtype {y.dtype})"
+    return ", ".join(str(value) for value in sums[:4])
 
 
 def _flatten(x):

@@ -39,7 +39,9 @@ class TapProjection(keras.layers.Layer):
 
     def __init__(self, projection="small", seed=0, **kwargs):
         super().__init__(**kwargs)
-        if projection not in PROJECTION_DEPTHS:
+        if not isinstance(projection, str) or projection not in (
+            PROJECTION_DEPTHS
+        ):
             raise ValueError(
                 "Invalid `projection`: expected one of "
                 f"{sorted(PROJECTION_DEPTHS)}. "

@@ -6,7 +6,6 @@ import numpy as np
 from keras import ops
 
 from keras_tac.api_export import keras_tac_export
-from keras_tac.layers.code_matching import code_distances
 
 MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 50.0
@@ -91,9 +90,9 @@ def check_labels(labels, num_classes, profile_rank=2):
         ):
             raise ValueError(
                 f"Invalid labels: rows of shape (batch, {num_classes}) are "
-                "read as class probabilities and must be finite, "
-                "non-negative and sum to 1. For integer labels pass shape "
-                "(batch,)."
+                "read as class probabilities; expected finite, non-negative "
+                "values that sum to 1 per row (for integer labels pass shape "
+                f"(batch,)). Received rows summing to {sums[:4].tolist()}"
             )
         return
     bad = ~(
@@ -136,6 +135,12 @@ def tac_loss(
     regression    = mean_m |z_m - (y @ codes)_m|  # against clean codes
     loss = cross_entropy_weight * cross_entropy + regression_weight * regression
     ```
+
+    The cross-entropy is computed from the differences of the distances,
+    which are bounded, so it stays exact and finite for any finite profile;
+    the loss overflows only when the regression term does (`|z|` near
+    1e37). Invalid labels raise for NumPy input and give NaN rows for
+    tensors (see `labels_to_probabilities`).
 
     Args:
         y_true: integer labels `(batch,)` or `(batch, 1)`, or class
@@ -193,7 +198,18 @@ def tac_loss(
     temperature = ops.clip(
         ops.cast(temperature, "float32"), MIN_TEMPERATURE, MAX_TEMPERATURE
     )
-    logits = -temperature * code_distances(profile, noisy_codes)
+    # softmax(-t * d) depends on the distances only through d_k - d_j, and
+    # d_k = (sum_m |z_m - 1| + |z_m + 1|) / 2M - <clip(z, -1, 1), c_k> / M
+    # whose first term is the same for every class. Dropping it keeps the
+    # logits in [-t, t] and exact for any finite profile: float32 cannot
+    # resolve d_k - d_j next to a huge common term, and XLA, recomputing d
+    # in fused kernels with another rounding, turned the loss into NaN
+    # for profiles beyond ~1e8 (JAX).
+    logits = (
+        temperature
+        * ops.matmul(ops.clip(profile, -1.0, 1.0), ops.transpose(noisy_codes))
+        / code_length
+    )
     cross_entropy = keras.losses.categorical_crossentropy(
         probabilities, logits, from_logits=True
     )
