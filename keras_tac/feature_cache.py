@@ -28,6 +28,7 @@ import numpy as np
 
 from keras_tac import validation
 from keras_tac.layers.tap_pooling import TapPooling
+from keras_tac.streaming import ArrayBatches
 
 # Cached features larger than this many bytes (training and validation
 # together) go to a memory-mapped file in a temporary directory, removed
@@ -60,7 +61,7 @@ def unpack_cached_features(inputs, num_taps):
     ]
 
 
-def reason_not_to_cache(model, x, y, validation_data, fit_kwargs):
+def reason_not_to_cache(model, x, y, fit_kwargs):
     """Why `fit` cannot train on cached features, or `None` when it can.
 
     Caching is exact only when the tapped activations of an input cannot
@@ -230,61 +231,9 @@ class _FeatureStore:
             self.directory = None
 
 
-class _CachedBatches(keras.utils.PyDataset):
-    """Batches of disk-cached features, read one batch at a time.
-
-    Shuffles the sample order at the start of every epoch when `shuffle` is
-    true (`"batch"`: the order of fixed batches only), like `fit` does for
-    arrays.
-    """
-
-    def __init__(self, features, y, sample_weight, rows, batch_size, shuffle):
-        super().__init__()
-        self.features = features
-        self.y = y
-        self.sample_weight = sample_weight
-        self.rows = np.asarray(rows)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        # Seeded from NumPy's global generator, which
-        # `keras.utils.set_random_seed` seeds.
-        self.rng = np.random.default_rng(np.random.randint(2**31 - 1))
-        self.order = self._draw_order()
-
-    def __len__(self):
-        return math.ceil(len(self.rows) / self.batch_size)
-
-    def __getitem__(self, index):
-        rows = self.order[
-            index * self.batch_size : (index + 1) * self.batch_size
-        ]
-        features = {
-            key: np.asarray(a[rows]) for key, a in self.features.items()
-        }
-        batch = (features, np.asarray(self.y[rows]))
-        if self.sample_weight is not None:
-            batch += (np.asarray(self.sample_weight[rows]),)
-        return batch
-
-    def on_epoch_end(self):
-        self.order = self._draw_order()
-
-    def _draw_order(self):
-        if self.shuffle == "batch":
-            blocks = [
-                self.rows[start : start + self.batch_size]
-                for start in range(0, len(self.rows), self.batch_size)
-            ]
-            self.rng.shuffle(blocks)
-            return np.concatenate(blocks)
-        if self.shuffle:
-            return self.rng.permutation(self.rows)
-        return self.rows
-
-
 def _as_batches(features, y, validation_data, fit_kwargs):
-    """Disk-cached features as `PyDataset`s, so `fit` never loads them
-    whole (the array adapter of TensorFlow would)."""
+    """Disk-cached features as `ArrayBatches`, so that `fit` reads one batch
+    at a time (the array adapter of TensorFlow would load them whole)."""
     batch_size = fit_kwargs.pop("batch_size", None) or 32
     shuffle = fit_kwargs.pop("shuffle", True)
     sample_weight = fit_kwargs.pop("sample_weight", None)
@@ -295,24 +244,20 @@ def _as_batches(features, y, validation_data, fit_kwargs):
     if split and validation_data is None:
         # As Keras splits arrays: the last fraction, before shuffling.
         cut = int(math.ceil(len(rows) * (1.0 - split)))
-        validation_data = _CachedBatches(
-            features, y, sample_weight, rows[cut:], batch_size, False
+        validation_data = ArrayBatches(
+            features, y, sample_weight, batch_size, rows=rows[cut:]
         )
         rows = rows[:cut]
     elif validation_data is not None and is_cached_features(validation_data[0]):
-        val_features = validation_data[0]
-        val_y = np.asarray(validation_data[1])
         val_weight = validation_data[2] if len(validation_data) > 2 else None
-        validation_data = _CachedBatches(
-            val_features,
-            val_y,
+        validation_data = ArrayBatches(
+            validation_data[0],
+            np.asarray(validation_data[1]),
             None if val_weight is None else np.asarray(val_weight),
-            np.arange(len(val_y)),
             fit_kwargs.pop("validation_batch_size", None) or batch_size,
-            False,
         )
-    train = _CachedBatches(
-        features, y, sample_weight, rows, batch_size, shuffle
+    train = ArrayBatches(
+        features, y, sample_weight, batch_size, rows=rows, shuffle=shuffle
     )
     fit_kwargs["shuffle"] = False
     return train, None, validation_data, fit_kwargs

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_tac import codes as codes_lib
 from keras_tac import feature_cache
+from keras_tac import streaming
 from keras_tac import tapping
 from keras_tac import thresholds as thresholds_lib
 from keras_tac import validation
@@ -514,9 +515,7 @@ class TACModel(keras.Model):
                 f"Received: cache_features={cache_features!r}"
             )
         if cache_features is not False:
-            reason = feature_cache.reason_not_to_cache(
-                self, x, y, validation_data, kwargs
-            )
+            reason = feature_cache.reason_not_to_cache(self, x, y, kwargs)
             if reason is None:
                 return feature_cache.fit_on_cached_features(
                     self, super().fit, x, y, validation_data, kwargs
@@ -530,6 +529,17 @@ class TACModel(keras.Model):
 
     def evaluate(self, x=None, y=None, **kwargs):
         self._check_data(x, y, "evaluate")
+        if streaming.should_stream(x) and not kwargs.get(
+            "_use_cached_eval_dataset"
+        ):
+            # One batch at a time: memory flat in the number of samples.
+            x = streaming.ArrayBatches(
+                x,
+                y,
+                kwargs.pop("sample_weight", None),
+                kwargs.pop("batch_size", None),
+            )
+            y = None
         return super().evaluate(x, y, **kwargs)
 
     def predict(
@@ -543,6 +553,12 @@ class TACModel(keras.Model):
         Returns the model's dict of outputs as NumPy arrays.
         """
         self._check_data(x, None, "predict", allow_non_finite=True)
+        if streaming.should_stream(x):
+            # One batch at a time: memory flat in the number of samples.
+            x, batch_size = (
+                streaming.ArrayBatches(x, batch_size=batch_size),
+                None,
+            )
         with _jax_state_kept(self):
             return super().predict(
                 x,
