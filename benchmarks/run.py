@@ -243,9 +243,13 @@ def format_table(results, mode):
     per_backend = {b: dict(_rows(results[b])) for b in backends}
     figures = []
     for backend in backends:
+        previous = None
         for figure, _ in _rows(results[backend]):
             if figure not in figures:
-                figures.append(figure)
+                # After the row that precedes it for this backend.
+                at = figures.index(previous) + 1 if previous else 0
+                figures.insert(at, figure)
+            previous = figure
     header = ["figure", *backends]
     body = [
         [figure, *(per_backend[b].get(figure, "") for b in backends)]

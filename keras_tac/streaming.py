@@ -1,10 +1,11 @@
 """Batches of in-memory arrays served one at a time.
 
-Keras's TensorFlow array adapter turns whole NumPy arrays into tensors
-before the first batch (two copies of the inputs at peak), so `evaluate`
+Keras's array adapters for TensorFlow and PyTorch convert whole NumPy
+arrays before the first batch (on TensorFlow two copies of the inputs at
+peak; on PyTorch about 1 GB more for 50,000 MNIST images), so `evaluate`
 or `predict` on N samples costs memory in N. `ArrayBatches` slices one
-batch at a time instead: the working memory does not grow with N. The
-JAX and PyTorch adapters already slice per batch.
+batch at a time instead: the working memory does not grow with N. The JAX
+adapter already slices per batch.
 """
 
 import math
@@ -90,8 +91,8 @@ class ArrayBatches(keras.utils.PyDataset):
 
 def should_stream(x):
     """True where serving `x` through `ArrayBatches` saves memory: NumPy
-    inputs on the TensorFlow backend."""
-    if keras.backend.backend() != "tensorflow" or x is None:
+    inputs on the TensorFlow and PyTorch backends."""
+    if keras.backend.backend() not in ("tensorflow", "torch") or x is None:
         return False
     items = keras.tree.flatten(x)
     return bool(items) and all(isinstance(i, np.ndarray) for i in items)
