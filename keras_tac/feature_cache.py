@@ -77,7 +77,12 @@ def reason_not_to_cache(model, x, y, fit_kwargs):
         return "the base model has trainable weights"
     if model.mixup_alpha > 0:
         return "mixup (`mixup_alpha > 0`) mixes inputs at random each step"
-    if x is None or not _is_arrays(x) or y is None or not _is_arrays(y):
+    if (
+        x is None
+        or not validation.is_arrays(x)
+        or y is None
+        or not validation.is_arrays(y)
+    ):
         return (
             "`x` and `y` are not NumPy arrays or tensors (a dataset or "
             "generator may augment its inputs at random)"
@@ -114,7 +119,7 @@ def fit_on_cached_features(model, fit, x, y, validation_data, fit_kwargs):
     validation_arrays = (
         isinstance(validation_data, (list, tuple))
         and len(validation_data) in (2, 3)
-        and _is_arrays(validation_data[0])
+        and validation.is_arrays(validation_data[0])
     )
     width = _feature_bytes_per_sample(model)
     num_samples = _num_samples(x)
@@ -196,7 +201,10 @@ class _FeatureStore:
             stop = min(start + step, num_samples)
             # The last batch is padded to full size: one compiled shape.
             batch = keras.tree.map_structure(
-                lambda a, start=start, stop=stop: _pad(a[start:stop], step), x
+                lambda a, start=start, stop=stop: validation.pad_batch(
+                    a[start:stop], step
+                ),
+                x,
             )
             outputs = extractor.predict_on_batch(batch)
             outputs = [
@@ -289,16 +297,3 @@ def _itemsize(dtype):
 
 def _num_samples(x):
     return int(keras.tree.flatten(x)[0].shape[0])
-
-
-def _pad(array, size):
-    if array.shape[0] == size:
-        return array
-    array = keras.ops.convert_to_numpy(array)
-    padding = np.zeros((size - array.shape[0], *array.shape[1:]), array.dtype)
-    return np.concatenate([array, padding])
-
-
-def _is_arrays(data):
-    items = keras.tree.flatten(data)
-    return bool(items) and all(validation.is_array_like(i) for i in items)

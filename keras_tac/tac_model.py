@@ -161,17 +161,17 @@ class TACModel(keras.Model):
         _check_choice("projection", projection, tuple(PROJECTION_DEPTHS))
         _check_choice("score", score, SCORES)
         _check_choice("base_output", base_output, BASE_OUTPUTS)
-        _check_range(
+        validation.check_number(
             "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
         )
-        _check_range("code_noise", code_noise, 0.0, 0.999)
-        _check_range("mixup_alpha", mixup_alpha, 0.0, math.inf)
+        validation.check_number("code_noise", code_noise, 0.0, 0.999)
+        validation.check_number("mixup_alpha", mixup_alpha, 0.0, math.inf)
         for name, value in (
             ("cross_entropy_weight", cross_entropy_weight),
             ("regression_weight", regression_weight),
             ("base_loss_weight", base_loss_weight),
         ):
-            _check_range(name, value, 0.0, math.inf)
+            validation.check_number(name, value, 0.0, math.inf)
         seed = validation.check_seed(seed)
         if train_base and not base_model.trainable:
             raise ValueError(
@@ -803,7 +803,7 @@ class TACModel(keras.Model):
         if spec is not None:
             self._check_element_spec(spec, where)
             return None
-        if not _is_arrays(x) or feature_cache.is_cached_features(x):
+        if not validation.is_arrays(x) or feature_cache.is_cached_features(x):
             return None
         num_samples = validation.check_inputs(
             x,
@@ -1027,19 +1027,6 @@ def _check_choice(name, value, choices):
         )
 
 
-def _check_range(name, value, low, high):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a finite number in [{low}, {high}]. "
-            f"Received: {name}={value!r}"
-        )
-
-
 def _ends_in_softmax(model):
     layer = tapping._output_layer(model)
     if isinstance(layer, keras.layers.Softmax):
@@ -1121,8 +1108,3 @@ def _jax_state_kept(model):
             if getattr(variable, "_value", None) is None:
                 variable.assign(value)
         raise
-
-
-def _is_arrays(x):
-    items = keras.tree.flatten(x) if isinstance(x, (list, tuple, dict)) else [x]
-    return all(validation.is_array_like(item) for item in items)

@@ -1,6 +1,9 @@
 """Checks of user data that fail early with a message naming what was
 expected and what came, instead of deep inside a backend."""
 
+import math
+import numbers
+
 import keras
 import numpy as np
 
@@ -191,3 +194,34 @@ def _to_float_numpy(array):
         # bfloat16 (ml_dtypes) is not a NumPy float kind.
         array = array.astype(np.float32)
     return array
+
+
+def check_number(name, value, low=0.0, high=math.inf):
+    """A finite real number in `[low, high]` (bools are refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a finite number in [{low}, {high}]. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def is_arrays(data):
+    """True when `data` (or every leaf of a list/tuple/dict) is an array."""
+    items = keras.tree.flatten(data)
+    return bool(items) and all(is_array_like(item) for item in items)
+
+
+def pad_batch(array, size):
+    """Pads a short last batch to `size` rows by repeating its last row, so
+    compiled functions see one batch shape; callers drop the padded rows."""
+    array = np.asarray(keras.ops.convert_to_numpy(array))
+    missing = size - array.shape[0]
+    if missing <= 0:
+        return array
+    filler = np.repeat(array[-1:], missing, axis=0)
+    return np.concatenate([array, filler], axis=0)

@@ -1,10 +1,8 @@
-import math
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
 
+from keras_tac import validation
 from keras_tac.api_export import keras_tac_export
 
 MIN_TEMPERATURE = 1e-4
@@ -260,11 +258,11 @@ class TACLoss(keras.losses.Loss):
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         codes = _check_codes(codes)
-        _check_number(
+        validation.check_number(
             "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
         )
-        _check_number("cross_entropy_weight", cross_entropy_weight)
-        _check_number("regression_weight", regression_weight)
+        validation.check_number("cross_entropy_weight", cross_entropy_weight)
+        validation.check_number("regression_weight", regression_weight)
         self.codes = codes
         self.temperature = float(temperature)
         self.cross_entropy_weight = float(cross_entropy_weight)
@@ -329,17 +327,3 @@ def _check_codes(codes):
 def _some_values(array):
     values = sorted({repr(value) for value in np.ravel(array).tolist()})
     return ", ".join(values[:6])
-
-
-def _check_number(name, value, low=0.0, high=math.inf):
-    """A finite real number in `[low, high]` (bools are refused)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a finite number in [{low}, {high}]. "
-            f"Received: {name}={value!r}"
-        )

@@ -130,7 +130,7 @@ class FeatureExtractor:
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
             batch = keras.tree.map_structure(
-                lambda a, start=start, stop=stop: _pad(
+                lambda a, start=start, stop=stop: validation.pad_batch(
                     np.asarray(a[start:stop]), batch_size
                 ),
                 x,
@@ -158,13 +158,3 @@ class FeatureExtractor:
 
 # Values must not reference their key (the TAC model), or it never dies.
 _EXTRACTORS = weakref.WeakKeyDictionary()
-
-
-def _pad(array, size):
-    """Pads a short last batch to `size` rows, so compiled functions see one
-    batch shape (no retracing); padded rows are dropped afterwards."""
-    missing = size - array.shape[0]
-    if missing <= 0:
-        return array
-    filler = np.repeat(array[-1:], missing, axis=0)
-    return np.concatenate([array, filler], axis=0)
