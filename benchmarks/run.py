@@ -133,11 +133,11 @@ def _rows(result):
             f"{inference.get('tac_ms_per_sample', 0):.3f}",
         )
     )
-    plain = inference.get("without_ynnpack")
+    plain = inference.get("jax_default_options")
     if plain and "ratio" in plain:
         rows.append(
             (
-                "   same, XLA:CPU without YNNPACK fusion (JAX)",
+                "   same, TAC under JAX's default XLA options",
                 f"{_ratio(plain['ratio']['median'])} "
                 f"({plain['base_ms_per_sample']:.3f} / "
                 f"{plain['tac_ms_per_sample']:.3f} ms)",
@@ -168,6 +168,15 @@ def _rows(result):
                 f"({ordinary['seconds']:.1f} / {cached['seconds']:.1f} s)",
             )
         )
+        if "speedup_bound" in run:
+            rows.append(
+                (
+                    f"   bound: ordinary / 1-Dense-layer fit, batch "
+                    f"{batch_size}",
+                    f"{_ratio(run['speedup_bound'], 1)} "
+                    f"({run['keras_floor_seconds']:.1f} s)",
+                )
+            )
         rows.append(
             (
                 f"   TAC acc / AUROC ordinary vs cached, batch {batch_size}",

@@ -4,6 +4,8 @@ Pure NumPy, free of Keras state: every function takes a seed or a
 `numpy.random.Generator` and returns plain arrays of `+1` / `-1`.
 """
 
+import math
+
 import numpy as np
 
 
@@ -175,10 +177,12 @@ def class_codes(num_classes, num_blocks, max_block_width=16, seed=0):
     if not use_hadamard:
         block_width = int(max_block_width)
         if num_classes > 2**block_width:
+            needed = math.ceil(math.log2(num_classes))
             raise ValueError(
-                f"Invalid `num_slices`: {block_width} code bits per tap can "
-                f"tell apart at most {2**block_width} classes. Received "
-                f"num_slices={max_block_width} for {num_classes} classes."
+                f"Invalid `num_slices`: expected at least {needed} code bits "
+                f"per tap for {num_classes} classes ({block_width} tell "
+                f"apart at most {2**block_width}). Received "
+                f"num_slices={max_block_width}"
             )
     rng = np.random.default_rng(seed)
     blocks = [

@@ -26,6 +26,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_tac import jax_backend
 from keras_tac import validation
 from keras_tac.layers.tap_pooling import TapPooling
 from keras_tac.streaming import ArrayBatches
@@ -188,6 +189,8 @@ class _FeatureStore:
         if extractor.jit_compile != model.jit_compile:
             extractor.jit_compile = model.jit_compile
             extractor.predict_function = None
+        with jax_backend.inference_compilation():
+            extractor.make_predict_function()
         num_samples = _num_samples(x)
         # Inference keeps no activations for backpropagation, so larger
         # batches than training's fit in the same memory.

@@ -1,4 +1,3 @@
-import contextlib
 import copy
 import math
 import numbers
@@ -9,6 +8,7 @@ from keras import ops
 
 from keras_tac import codes as codes_lib
 from keras_tac import feature_cache
+from keras_tac import jax_backend
 from keras_tac import streaming
 from keras_tac import tapping
 from keras_tac import thresholds as thresholds_lib
@@ -20,7 +20,8 @@ from keras_tac.layers.tap_projection import PROJECTION_DEPTHS
 from keras_tac.losses.tac_loss import MAX_TEMPERATURE
 from keras_tac.losses.tac_loss import MIN_TEMPERATURE
 from keras_tac.losses.tac_loss import labels_to_probabilities
-from keras_tac.losses.tac_loss import tac_loss
+from keras_tac.losses.tac_loss import loss_from_probabilities
+from keras_tac.losses.tac_loss import static_rank
 
 SCORES = ("distance", "nearest_distance", "inner_product")
 BASE_OUTPUTS = ("auto", "logits", "probabilities")
@@ -293,7 +294,6 @@ class TACModel(keras.Model):
             base_output, taps = feature_cache.unpack_cached_features(
                 inputs, len(self.profile_layers)
             )
-            input_is_finite = ops.ones((ops.shape(base_output)[0],), "bool")
         else:
             if training and self.mixup_alpha > 0:
                 inputs, mix_weight, permutation = self._mix(inputs)
@@ -303,7 +303,6 @@ class TACModel(keras.Model):
                 inputs, training=bool(training) and self.train_base
             )
             base_output, taps = tapped[0], tapped[1:]
-            input_is_finite = _finite_per_sample(inputs)
         profile = ops.concatenate(
             [
                 ops.cast(layer(tap, training=training), "float32")
@@ -320,12 +319,24 @@ class TACModel(keras.Model):
                 "profile": profile,
                 "distances": distances,
                 "prediction": prediction,
-                "confidence": self._score(profile, distances, prediction),
                 "tac_prediction": tac_prediction,
+            }
+        )
+        if training:
+            # What the loss and the metrics read; the scores would cost
+            # each (eager) training step a dozen more ops.
+            return outputs
+        outputs.update(
+            {
+                "confidence": self._score(profile, distances, prediction),
                 "tac_confidence": self._score(
                     profile, distances, tac_prediction
                 ),
-                "input_is_finite": input_is_finite,
+                "input_is_finite": (
+                    ops.ones((ops.shape(base_output)[0],), "bool")
+                    if feature_cache.is_cached_features(inputs)
+                    else _finite_per_sample(inputs)
+                ),
             }
         )
         return outputs
@@ -425,17 +436,19 @@ class TACModel(keras.Model):
             )
         if y_pred is None:
             y_pred = self(x, training=training)
-        probabilities = labels_to_probabilities(y, self.num_classes)
+        probabilities = labels_to_probabilities(
+            y, self.num_classes, batch_size=ops.shape(y_pred["profile"])[0]
+        )
         if "mixup_weight" in y_pred:
             weight = ops.expand_dims(y_pred["mixup_weight"], axis=-1)
             shuffled = ops.take(
                 probabilities, y_pred["mixup_permutation"], axis=0
             )
             probabilities = weight * probabilities + (1 - weight) * shuffled
-        loss = tac_loss(
+        loss = loss_from_probabilities(
             probabilities,
             y_pred["profile"],
-            self.code_matching.codes,
+            ops.cast(self.code_matching.codes, "float32"),
             temperature=self.temperature,
             cross_entropy_weight=self.cross_entropy_weight,
             regression_weight=self.regression_weight,
@@ -457,9 +470,21 @@ class TACModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        labels = ops.argmax(
-            labels_to_probabilities(y, self.num_classes), axis=-1
-        )
+        # `compute_loss` has checked the labels (invalid ones make the
+        # loss NaN); here they only need to be class indices.
+        rank = static_rank(y)
+        if rank is None:
+            batch_size = ops.shape(y_pred["profile"])[0]
+            labels = ops.argmax(
+                labels_to_probabilities(
+                    y, self.num_classes, batch_size=batch_size
+                ),
+                axis=-1,
+            )
+        elif rank == 2 and y.shape[-1] == self.num_classes > 1:
+            labels = ops.argmax(y, axis=-1)
+        else:
+            labels = ops.reshape(y, (-1,))
         labels = ops.cast(labels, "int32")
         for tracker, key in (
             (self.base_accuracy_tracker, "prediction"),
@@ -542,6 +567,16 @@ class TACModel(keras.Model):
             y = None
         return super().evaluate(x, y, **kwargs)
 
+    def make_predict_function(self, force=False):
+        # Inference only: on JAX's CPU backend, compiler options that keep
+        # the tapped network fused (see `keras_tac.jax_backend`).
+        with jax_backend.inference_compilation():
+            return super().make_predict_function(force=force)
+
+    def make_test_function(self, force=False):
+        with jax_backend.inference_compilation():
+            return super().make_test_function(force=force)
+
     def predict(
         self, x, batch_size=None, verbose="auto", steps=None, callbacks=None
     ):
@@ -559,7 +594,7 @@ class TACModel(keras.Model):
                 streaming.ArrayBatches(x, batch_size=batch_size),
                 None,
             )
-        with _jax_state_kept(self):
+        with jax_backend.state_kept(self):
             return super().predict(
                 x,
                 batch_size=batch_size,
@@ -1081,30 +1116,3 @@ def _check_threshold(threshold):
             f"Received: threshold={threshold!r}"
         )
     return float(threshold)
-
-
-@contextlib.contextmanager
-def _jax_state_kept(model):
-    """Leaves the model usable when a `predict` step raises.
-
-    Keras's JAX trainer detaches the values of the variables while it
-    predicts and reattaches them at the end: an error in a step (a
-    malformed batch from a generator, an interrupt) would leave the model
-    without weights. Holding the values (references, not copies) lets us
-    reattach them.
-    """
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    values = [(variable, variable.value) for variable in model.variables]
-    try:
-        yield
-    except BaseException:
-        # The state of the last step that ran, if any (the step donates
-        # its input buffers, so the held values may be gone by then)...
-        model.jax_state_sync()
-        # ... else the values held from before the first step.
-        for variable, value in values:
-            if getattr(variable, "_value", None) is None:
-                variable.assign(value)
-        raise

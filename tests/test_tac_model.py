@@ -164,6 +164,55 @@ class TestForward:
             out["prediction"], np.argmax(out["base_output"], axis=1)
         )
 
+    def test_training_outputs_are_what_the_loss_reads(self):
+        x = np.random.default_rng(1).normal(size=(5, 8, 8, 1)).astype("float32")
+        tac = keras_tac.TACModel(make_cnn())
+        inference = tac(x)
+        training = tac(x, training=True)
+        assert set(training) == {
+            "base_output",
+            "profile",
+            "distances",
+            "prediction",
+            "tac_prediction",
+        }
+        assert set(inference) > set(training)
+        for key in training:
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(training[key]),
+                keras.ops.convert_to_numpy(inference[key]),
+                rtol=1e-6,
+                err_msg=key,
+            )
+
+    def test_every_label_form_in_a_row(self, trained_cnn, digits):
+        _, (x_test, y_test) = digits
+        x, y = x_test[:64], y_test[:64]
+        tac = keras_tac.TACModel(trained_cnn)
+        tac.compile()
+        # One model, three label ranks in a row: TensorFlow then traces the
+        # step for labels of unknown rank.
+        forms = {
+            "labels": y,
+            "one_hot": np.eye(10, dtype="float32")[y],
+            "column": y.reshape(-1, 1),
+        }
+        results = {
+            name: tac.evaluate(x, labels, return_dict=True, verbose=0)
+            for name, labels in forms.items()
+        }
+        expected = (tac.predict(x, verbose=0)["prediction"] == y).mean()
+        for name, result in results.items():
+            np.testing.assert_allclose(
+                result["base_accuracy"], expected, atol=1e-6, err_msg=name
+            )
+            np.testing.assert_allclose(
+                result["tac_accuracy"],
+                results["labels"]["tac_accuracy"],
+                atol=1e-6,
+                err_msg=name,
+            )
+
 
 class TestAddOn:
     def test_base_untouched_and_tac_learns(self, trained_cnn, digits):

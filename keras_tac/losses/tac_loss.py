@@ -11,7 +11,9 @@ MAX_TEMPERATURE = 50.0
 PROBABILITY_TOLERANCE = 1e-3
 
 
-def labels_to_probabilities(labels, num_classes, profile_rank=2):
+def labels_to_probabilities(
+    labels, num_classes, profile_rank=2, batch_size=None
+):
     """Integer labels `(batch,)` / `(batch, 1)` or probabilities
     `(batch, num_classes)` as float32 probabilities `(batch, num_classes)`.
 
@@ -22,12 +24,17 @@ def labels_to_probabilities(labels, num_classes, profile_rank=2):
     labels are a NumPy array or a list. Tensors may be symbolic, where
     nothing can be raised: their invalid rows become NaN, so the loss is
     NaN (loud) instead of silently wrong (`one_hot` maps an out-of-range
-    label to a row of zeros).
+    label to a row of zeros). `batch_size` (an int or a scalar tensor) is
+    needed only for labels whose rank is unknown while tracing.
     """
     if isinstance(labels, (list, tuple)):
         labels = np.asarray(labels)
     if isinstance(labels, np.ndarray):
         check_labels(labels, num_classes, profile_rank)
+    if static_rank(labels) is None:
+        return _labels_of_unknown_rank(
+            labels, num_classes, profile_rank, batch_size
+        )
     shape = tuple(labels.shape)
     if (
         len(shape) == profile_rank
@@ -107,6 +114,37 @@ def check_labels(labels, num_classes, profile_rank=2):
         )
 
 
+def static_rank(tensor):
+    """The rank of `tensor` when it is known while tracing, else `None`."""
+    try:
+        return len(tensor.shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _labels_of_unknown_rank(labels, num_classes, profile_rank, batch_size):
+    # TensorFlow relaxes a traced step to labels of unknown rank once it
+    # has seen two ranks (say `(batch,)`, then `(batch, num_classes)`): the
+    # form is then told apart at run time.
+    if profile_rank != 2 or batch_size is None:
+        raise ValueError(
+            "Invalid labels: expected labels of a known rank (batch,), "
+            "(batch, 1) or (batch, num_classes). Received labels of unknown "
+            "rank"
+        )
+    rows = ops.reshape(labels, (batch_size, -1))
+    is_probabilities = ops.logical_and(
+        ops.equal(ops.shape(rows)[-1], num_classes), num_classes > 1
+    )
+    return ops.cond(
+        is_probabilities,
+        lambda: labels_to_probabilities(
+            ops.reshape(rows, (-1, num_classes)), num_classes
+        ),
+        lambda: labels_to_probabilities(ops.reshape(rows, (-1,)), num_classes),
+    )
+
+
 def _nan_rows(probabilities, valid):
     return ops.where(
         ops.expand_dims(valid, axis=-1), probabilities, float("nan")
@@ -182,13 +220,44 @@ def tac_loss(
             f"(batch, {code_length}) to match the codes of shape "
             f"{tuple(codes.shape)}. Received shape {tuple(profile.shape)}"
         )
-    probabilities = labels_to_probabilities(y_true, num_classes)
+    probabilities = labels_to_probabilities(
+        y_true, num_classes, batch_size=ops.shape(profile)[0]
+    )
     batch_sizes = (probabilities.shape[0], profile.shape[0])
     if None not in batch_sizes and batch_sizes[0] != batch_sizes[1]:
         raise ValueError(
             "Invalid labels: expected one label per profile, "
             f"{batch_sizes[1]} in all. Received {batch_sizes[0]}"
         )
+    return loss_from_probabilities(
+        probabilities,
+        profile,
+        codes,
+        temperature=temperature,
+        cross_entropy_weight=cross_entropy_weight,
+        regression_weight=regression_weight,
+        code_noise=code_noise,
+        seed=seed,
+    )
+
+
+def loss_from_probabilities(
+    probabilities,
+    profile,
+    codes,
+    *,
+    temperature,
+    cross_entropy_weight,
+    regression_weight,
+    code_noise,
+    seed,
+):
+    """`tac_loss` for float32 class probabilities `(batch, num_classes)`
+    that `labels_to_probabilities` already checked, profiles `(batch, M)`
+    and a float32 code matrix, without checking them again (`TACModel`'s
+    training step)."""
+    profile = ops.cast(profile, "float32")
+    code_length = codes.shape[-1]
     noisy_codes = codes
     if code_noise:
         flips = keras.random.uniform(ops.shape(codes), seed=seed) < code_noise

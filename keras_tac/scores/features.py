@@ -7,6 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac import jax_backend
 from keras_tac import validation
 from keras_tac.layers.tap_pooling import TapPooling
 
@@ -127,6 +128,8 @@ class FeatureExtractor:
         progbar = None
         if verbose not in (0, False):
             progbar = keras.utils.Progbar(num_inputs, unit_name="input")
+        with jax_backend.inference_compilation():
+            self.model.make_predict_function()
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
             batch = keras.tree.map_structure(

@@ -1,0 +1,119 @@
+"""What keras_tac does only on the JAX backend, in one place.
+
+Two things, both no-ops on TensorFlow and PyTorch:
+
+- `state_kept(model)`: leaves a model usable when a `predict` step raises
+  (Keras's JAX trainer detaches the variables' values while it runs).
+- `inference_compilation()`: compiles TAC's inference functions with
+  `XLA_CPU_OPTIONS` on a CPU.
+
+Why the compiler options: XLA:CPU (jaxlib 0.10) compiles a classifier with
+one output into a single YNNPACK kernel, but once intermediate tensors (the
+taps) are outputs too, it splits the network into about 17 kernels with XLA's
+slower elementwise code between them. Letting YNNPACK also fuse the
+elementwise, dot and reduce operations keeps the split network fast: on the
+example CNN, `predict_with_rejection` went from 2.0x to about 1.2x the base's
+`predict` (benchmarks/, figure 1), with bit-identical outputs.
+
+Set `keras_tac.jax_backend.XLA_CPU_OPTIONS = None` to compile with JAX's
+defaults; a `--xla_cpu_experimental_ynn_fusion_type` in the `XLA_FLAGS`
+environment variable is the user's choice and always wins.
+"""
+
+import contextlib
+import functools
+import os
+
+import keras
+
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+XLA_CPU_OPTIONS = {
+    YNN_FUSION_OPTION: ",".join(
+        f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("DOT", "ELTWISE", "REDUCE")
+    ),
+}
+
+
+def inference_compiler_options():
+    """The XLA options for TAC's inference functions, or `None`.
+
+    `None` unless the backend is JAX on a CPU, `XLA_CPU_OPTIONS` is set and
+    `XLA_FLAGS` does not choose the YNNPACK fusions itself.
+
+    Example:
+
+    >>> options = inference_compiler_options()
+    >>> options is None or YNN_FUSION_OPTION in options
+    True
+    """
+    if keras.backend.backend() != "jax" or not XLA_CPU_OPTIONS:
+        return None
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return None
+    if YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
+        return None
+    return dict(XLA_CPU_OPTIONS)
+
+
+@contextlib.contextmanager
+def inference_compilation():
+    """Functions that Keras's JAX trainer compiles inside this context get
+    `inference_compiler_options()`.
+
+    Use it around `make_predict_function` / `make_test_function` (forward
+    passes only: the training step keeps JAX's defaults). It swaps the
+    `jit` that Keras's trainer module calls and puts it back on exit; where
+    that is not `jax.jit` (Flax NNX) nothing changes.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> with inference_compilation():
+    ...     _ = model.make_predict_function(force=True)
+    """
+    options = inference_compiler_options()
+    if options is None:
+        yield
+        return
+    import jax
+    from keras.src.backend.jax import trainer
+
+    original = getattr(trainer, "jit", None)
+    if original is not jax.jit:
+        yield
+        return
+    trainer.jit = functools.partial(jax.jit, compiler_options=options)
+    try:
+        yield
+    finally:
+        trainer.jit = original
+
+
+@contextlib.contextmanager
+def state_kept(model):
+    """Leaves the model usable when a `predict` step raises.
+
+    Keras's JAX trainer detaches the values of the variables while it
+    predicts and reattaches them at the end: an error in a step (a
+    malformed batch from a generator, an interrupt) would leave the model
+    without weights. Holding the values (references, not copies) lets us
+    reattach them.
+    """
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    values = [(variable, variable.value) for variable in model.variables]
+    try:
+        yield
+    except BaseException:
+        # The state of the last step that ran, if any (the step donates
+        # its input buffers, so the held values may be gone by then)...
+        model.jax_state_sync()
+        # ... else the values held from before the first step.
+        for variable, value in values:
+            if getattr(variable, "_value", None) is None:
+                variable.assign(value)
+        raise
