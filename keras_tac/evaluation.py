@@ -115,7 +115,7 @@ def compare_scores(
     if scorers is None:
         scorers = compute.default_scorers(tac)
     scorers = compute._check_scorers(scorers)
-    metrics._check_fraction("coverage", coverage)
+    validation.check_fraction("coverage", coverage)
     for name, value in (
         ("reward", reward),
         ("error_cost", error_cost),
@@ -124,11 +124,9 @@ def compare_scores(
         metrics._check_cost(name, value, allow_negative=name == "reward")
     extractor = FeatureExtractor.of(tac)
     num_test = extractor.check_inputs(x_test, "compare_scores")
-    labels = validation.check_labels(
+    labels = validation.check_class_indices(
         y_test, tac.num_classes, num_test, "compare_scores"
     )
-    if labels.ndim == 2:
-        labels = labels.argmax(axis=1)
     ood_sets = _ood_sets(x_ood)
     for name, x in ood_sets.items():
         extractor.check_inputs(x, f"compare_scores (x_ood {name!r})")

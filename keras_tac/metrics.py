@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from keras_tac import validation
+
 # Slack when comparing a fraction against a target (0.95 * n can be
 # 18.999999999999996 in floating point).
 _TOLERANCE = 1e-9
@@ -103,7 +105,7 @@ def fpr_at_tpr(scores, positives, tpr=0.95):
     >>> fpr_at_tpr([4.0, 3.0, 2.0, 1.0], [1, 0, 1, 0], tpr=0.95)
     0.5
     """
-    _check_fraction("tpr", tpr)
+    validation.check_fraction("tpr", tpr)
     fpr, rates, _ = roc_curve(scores, positives)
     index = int(np.argmax(rates >= tpr - _TOLERANCE))
     return float(fpr[index])
@@ -210,13 +212,7 @@ def error_detection_metrics(confidence, correct):
     )
     if correct.all() or not correct.any():
         return {name: math.nan for name in names}
-    return {
-        "error_auroc": roc_auc(confidence, correct),
-        "fpr95": fpr_at_tpr(confidence, correct, 0.95),
-        "aupr_success": average_precision(confidence, correct),
-        "aupr_error": average_precision(-confidence, ~correct),
-        "error_detection_rate": detection_rate_at_eer(confidence, correct),
-    }
+    return dict(zip(names, _separation(confidence, correct)))
 
 
 # ----------------------------------------------------------------------
@@ -343,7 +339,7 @@ def selective_risk_at_coverage(confidence, correct, coverage):
     >>> selective_risk_at_coverage([3, 2, 1, 0], [1, 1, 0, 0], 0.5)
     0.0
     """
-    _check_fraction("coverage", coverage)
+    validation.check_fraction("coverage", coverage)
     coverages, risks, _ = risk_coverage_curve(confidence, correct)
     index = int(np.argmax(coverages >= coverage - _TOLERANCE))
     return float(risks[index])
@@ -540,18 +536,32 @@ def ood_metrics(scores_in, scores_out):
     inside = np.concatenate(
         [np.ones(len(scores_in), bool), np.zeros(len(scores_out), bool)]
     )
-    return {
-        "ood_auroc": roc_auc(scores, inside),
-        "ood_fpr95": fpr_at_tpr(scores, inside, 0.95),
-        "ood_aupr_in": average_precision(scores, inside),
-        "ood_aupr_out": average_precision(-scores, ~inside),
-        "ood_detection_rate": detection_rate_at_eer(scores, inside),
-    }
+    names = (
+        "ood_auroc",
+        "ood_fpr95",
+        "ood_aupr_in",
+        "ood_aupr_out",
+        "ood_detection_rate",
+    )
+    return dict(zip(names, _separation(scores, inside)))
 
 
 # ----------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------
+def _separation(scores, positive):
+    """AUROC, FPR at 95% TPR, average precision of the positive class and of
+    the negative class (negated scores), and `1 - EER`: how well `scores`
+    rank the `positive` inputs above the others."""
+    return (
+        roc_auc(scores, positive),
+        fpr_at_tpr(scores, positive, 0.95),
+        average_precision(scores, positive),
+        average_precision(-scores, ~positive),
+        detection_rate_at_eer(scores, positive),
+    )
+
+
 def _as_scores(scores, name):
     scores = np.asarray(scores)
     if scores.ndim == 2 and scores.shape[1] == 1:
@@ -598,21 +608,6 @@ def _check_scores(scores, labels, both_classes=False):
             f"{labels.size}."
         )
     return scores, labels
-
-
-def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(
-        value, (int, float, np.floating)
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a float in (0, 1]. "
-            f"Received: {name}={value!r}"
-        )
-    if not 0.0 < value <= 1.0:
-        raise ValueError(
-            f"Invalid `{name}`: expected a float in (0, 1]. "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _check_cost(name, value, allow_negative=False):

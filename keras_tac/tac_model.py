@@ -288,7 +288,8 @@ class TACModel(keras.Model):
     # ------------------------------------------------------------------
     def call(self, inputs, training=False):
         outputs = {}
-        if feature_cache.is_cached_features(inputs):
+        cached = feature_cache.is_cached_features(inputs)
+        if cached:
             # Pooled taps cached by `fit` (see `keras_tac.feature_cache`):
             # pooling is the identity on them, the base is not run.
             base_output, taps = feature_cache.unpack_cached_features(
@@ -334,7 +335,7 @@ class TACModel(keras.Model):
                 ),
                 "input_is_finite": (
                     ops.ones((ops.shape(base_output)[0],), "bool")
-                    if feature_cache.is_cached_features(inputs)
+                    if cached
                     else _finite_per_sample(inputs)
                 ),
             }
@@ -994,16 +995,16 @@ def _calibration_target(target_coverage, target_tpr, target_risk, delta):
             f"delta={delta!r} and target_risk=None"
         )
     if target_risk is not None:
-        _check_open_fraction("target_risk", target_risk)
+        validation.check_fraction("target_risk", target_risk, closed=False)
         delta = 0.05 if delta is None else delta
-        _check_open_fraction("delta", delta)
+        validation.check_fraction("delta", delta, closed=False)
         return "risk", float(target_risk), float(delta)
     if target_tpr is not None:
-        _check_fraction("target_tpr", target_tpr)
+        validation.check_fraction("target_tpr", target_tpr)
         return "tpr", float(target_tpr), None
     if target_coverage is None:
         target_coverage = 0.9
-    _check_fraction("target_coverage", target_coverage)
+    validation.check_fraction("target_coverage", target_coverage)
     return "coverage", float(target_coverage), None
 
 
@@ -1028,30 +1029,6 @@ def _calibration_threshold(kind, target, delta, confidence, correct):
         "risk_bound": result["risk_bound"],
         "delta": delta,
     }
-
-
-def _check_fraction(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating))
-        or not 0 < value <= 1
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a float in (0, 1]. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def _check_open_fraction(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating))
-        or not 0 < value < 1
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a float in (0, 1). "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _check_choice(name, value, choices):

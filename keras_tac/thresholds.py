@@ -23,6 +23,8 @@ import math
 import numpy as np
 from scipy import special
 
+from keras_tac import validation
+
 # Slack when comparing a fraction against a target (0.7 * 10 is
 # 7.000000000000001 in floating point).
 _TOLERANCE = 1e-9
@@ -49,7 +51,7 @@ def coverage_threshold(confidence, target_coverage):
     >>> coverage_threshold([0.9, 0.8, 0.7, 0.1], 0.5)
     0.8
     """
-    _check_fraction("target_coverage", target_coverage)
+    validation.check_fraction("target_coverage", target_coverage)
     confidence, valid = _split_valid(confidence)
     wanted = _count_for_fraction(target_coverage, len(confidence))
     return _top_k_threshold(confidence[valid], wanted)
@@ -79,7 +81,7 @@ def tpr_threshold(confidence, target_tpr):
     >>> tpr_threshold([0.9, 0.8, 0.7, float("nan")], 2 / 3)
     0.8
     """
-    _check_fraction("target_tpr", target_tpr)
+    validation.check_fraction("target_tpr", target_tpr)
     confidence, valid = _split_valid(confidence)
     scores = confidence[valid]
     return _top_k_threshold(
@@ -109,7 +111,7 @@ def risk_upper_bound(num_errors, num_accepted, delta):
     >>> round(risk_upper_bound(0, 100, 0.05), 4)
     0.0295
     """
-    _check_delta(delta)
+    validation.check_fraction("delta", delta, closed=False)
     num_errors = int(num_errors)
     num_accepted = int(num_accepted)
     if num_accepted < 1 or not 0 <= num_errors <= num_accepted:
@@ -161,19 +163,8 @@ def risk_threshold(confidence, correct, target_risk, delta=0.05):
     >>> result["feasible"], result["coverage"] > 0.8
     (True, True)
     """
-    if isinstance(target_risk, bool) or not isinstance(
-        target_risk, (int, float, np.floating)
-    ):
-        raise ValueError(
-            "Invalid `target_risk`: expected a float in (0, 1). "
-            f"Received: target_risk={target_risk!r}"
-        )
-    if not 0.0 < target_risk < 1.0:
-        raise ValueError(
-            "Invalid `target_risk`: expected a float in (0, 1). "
-            f"Received: target_risk={target_risk!r}"
-        )
-    _check_delta(delta)
+    validation.check_fraction("target_risk", target_risk, closed=False)
+    validation.check_fraction("delta", delta, closed=False)
     confidence, valid = _split_valid(confidence)
     correct = np.asarray(correct)
     if correct.shape != confidence.shape:
@@ -254,27 +245,3 @@ def _top_k_threshold(scores, count):
         )
     ranked = np.sort(scores)[::-1]
     return float(ranked[min(count, len(ranked)) - 1])
-
-
-def _check_fraction(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating))
-        or not 0.0 < value <= 1.0
-    ):
-        raise ValueError(
-            f"Invalid `{name}`: expected a float in (0, 1]. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def _check_delta(delta):
-    if (
-        isinstance(delta, bool)
-        or not isinstance(delta, (int, float, np.floating))
-        or not 0.0 < delta < 1.0
-    ):
-        raise ValueError(
-            "Invalid `delta`: expected a float in (0, 1). "
-            f"Received: delta={delta!r}"
-        )

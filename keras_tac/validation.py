@@ -210,6 +210,42 @@ def check_number(name, value, low=0.0, high=math.inf):
         )
 
 
+def check_fraction(name, value, closed=True):
+    """A real number in `(0, 1]`, or in `(0, 1)` with `closed=False`
+    (bools are refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not 0.0 < value
+        or not (value <= 1.0 if closed else value < 1.0)
+    ):
+        interval = "(0, 1]" if closed else "(0, 1)"
+        raise ValueError(
+            f"Invalid `{name}`: expected a float in {interval}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def check_positive_int(name, value):
+    """An int (NumPy ints too) of at least 1 (bools are refused)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+    ):
+        raise ValueError(
+            f"Invalid `{name}`: expected a positive int. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def check_class_indices(y, num_classes, num_samples, where):
+    """`check_labels`, then class-probability rows as their argmax: the
+    class index of each sample, shape `(n,)`."""
+    labels = check_labels(y, num_classes, num_samples, where)
+    return labels.argmax(axis=1) if labels.ndim == 2 else labels
+
+
 def is_arrays(data):
     """True when `data` (or every leaf of a list/tuple/dict) is an array."""
     items = keras.tree.flatten(data)

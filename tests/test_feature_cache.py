@@ -209,16 +209,6 @@ class TestCachedFeatureTraining:
         assert "val_loss" in history_b
         _assert_same_training(memory, disk, history_a, history_b)
 
-    @pytest.mark.skipif(
-        keras.backend.backend() == "torch",
-        reason="jit_compile=True is torch.compile on torch, which takes "
-        "minutes on a CPU; the benchmark's --full mode covers it",
-    )
-    @pytest.mark.skipif(
-        keras.backend.backend() == "jax",
-        reason="jit_compile=True is JAX's default, used by every other test "
-        "here; JAX without it runs op by op",
-    )
     def test_jit_compile(self, data):
         # Without code noise: XLA draws other random numbers.
         x, y = data

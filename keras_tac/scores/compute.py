@@ -62,11 +62,9 @@ def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
         return scorers
     extractor = FeatureExtractor.of(tac)
     num_inputs = extractor.check_inputs(x, "fit_scorers")
-    labels = validation.check_labels(
+    labels = validation.check_class_indices(
         y, tac.num_classes, num_inputs, "fit_scorers"
     )
-    if labels.ndim == 2:
-        labels = labels.argmax(axis=1)
     for scorer in to_fit:
         scorer.reset()
     start = 0

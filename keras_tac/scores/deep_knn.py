@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_tac import validation
 from keras_tac.scores.scorer import Scorer
 from keras_tac.scores.scorer import register_scorer
 
@@ -36,18 +37,9 @@ class DeepKNN(Scorer):
 
     def __init__(self, k=10, tap=-1, max_bank_size=None, seed=0, name=None):
         super().__init__(name=name)
-        for arg, value in (("k", k), ("max_bank_size", max_bank_size)):
-            if arg == "max_bank_size" and value is None:
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
-                raise ValueError(
-                    f"Invalid `{arg}`: expected a positive int. "
-                    f"Received: {arg}={value!r}"
-                )
+        validation.check_positive_int("k", k)
+        if max_bank_size is not None:
+            validation.check_positive_int("max_bank_size", max_bank_size)
         if isinstance(tap, bool) or not isinstance(tap, int):
             raise ValueError(
                 f"Invalid `tap`: expected an int index. Received: tap={tap!r}"

@@ -114,17 +114,8 @@ class FeatureExtractor:
             `FeatureBatch` objects.
         """
         num_inputs = self.check_inputs(x, where)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise ValueError(
-                "Invalid `batch_size`: expected a positive int. "
-                f"Received: batch_size={batch_size!r}"
-            )
-        if batch_size < 1:
-            raise ValueError(
-                "Invalid `batch_size`: expected a positive int. "
-                f"Received: batch_size={batch_size!r}"
-            )
-        batch_size = min(batch_size, num_inputs)
+        validation.check_positive_int("batch_size", batch_size)
+        batch_size = min(int(batch_size), num_inputs)
         progbar = None
         if verbose not in (0, False):
             progbar = keras.utils.Progbar(num_inputs, unit_name="input")
