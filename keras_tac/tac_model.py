@@ -311,24 +311,24 @@ class TACModel(keras.Model):
             ],
             axis=-1,
         )
-        distances = self.code_matching(profile)
         prediction = ops.cast(ops.argmax(base_output, axis=-1), "int32")
         tac_prediction = self.code_matching.nearest_codes(profile)
         outputs.update(
             {
                 "base_output": base_output,
                 "profile": profile,
-                "distances": distances,
                 "prediction": prediction,
                 "tac_prediction": tac_prediction,
             }
         )
         if training:
-            # What the loss and the metrics read; the scores would cost
-            # each (eager) training step a dozen more ops.
+            # What the loss and the metrics read; distances and scores
+            # would cost each (eager) training step two dozen more ops.
             return outputs
+        distances = self.code_matching(profile)
         outputs.update(
             {
+                "distances": distances,
                 "confidence": self._score(profile, distances, prediction),
                 "tac_confidence": self._score(
                     profile, distances, tac_prediction
@@ -540,6 +540,12 @@ class TACModel(keras.Model):
                 "Invalid `cache_features`: expected None, True or False. "
                 f"Received: cache_features={cache_features!r}"
             )
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            # Keras builds a TensorFlow model's optimizer inside the traced
+            # training step, and a tf.function that creates variables is
+            # traced twice: built here, the first epoch traces once.
+            optimizer.build(self.trainable_variables)
         if cache_features is not False:
             reason = feature_cache.reason_not_to_cache(self, x, y, kwargs)
             if reason is None:

@@ -172,7 +172,6 @@ class TestForward:
         assert set(training) == {
             "base_output",
             "profile",
-            "distances",
             "prediction",
             "tac_prediction",
         }
@@ -237,6 +236,37 @@ class TestAddOn:
             out["confidence"][correct].mean()
             > out["confidence"][~correct].mean()
         )
+
+    @pytest.mark.parametrize("cache_features", [False, True])
+    def test_training_step_is_traced_once(
+        self, trained_cnn, digits, cache_features
+    ):
+        # Keras builds a TensorFlow model's optimizer in the first traced
+        # step, which makes TensorFlow trace it twice; `fit` builds it first.
+        (x, y), _ = digits
+        tac = keras_tac.TACModel(trained_cnn)
+        tac.compile(optimizer="sgd")
+        optimizer_built = []
+        train_step = tac.train_step
+
+        def recording_train_step(*args):
+            optimizer_built.append(tac.optimizer.built)
+            return train_step(*args)
+
+        tac.train_step = recording_train_step
+        tac.fit(
+            x[:256],
+            y[:256],
+            epochs=2,
+            batch_size=64,
+            verbose=0,
+            cache_features=cache_features,
+        )
+        assert all(optimizer_built)
+        # TensorFlow and JAX run the step's Python once, to trace it;
+        # PyTorch runs it eagerly, at each of the 8 steps.
+        steps = 8 if keras.backend.backend() == "torch" else 1
+        assert len(optimizer_built) == steps
 
     def test_validation_data_and_dataset_input(self, trained_cnn, digits):
         import tensorflow as tf

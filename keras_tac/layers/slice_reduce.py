@@ -122,6 +122,19 @@ class SliceReduce(keras.layers.Layer):
         self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_shape[-1]})
 
     def call(self, inputs):
+        num_slices, slice_width = self.indices.shape
+        equal_slices = num_slices * slice_width == inputs.shape[-1]
+        if self.reduction == "mean" and equal_slices:
+            # Equal slices, so no padding to mask: a mean over a reshape,
+            # a few ops instead of a dozen (and fewer still to
+            # differentiate) in every training step. Uniform slices are
+            # contiguous chunks, so they need no gather either.
+            if self.slicing == "random":
+                inputs = ops.take(
+                    inputs, ops.reshape(self.indices, (-1,)), axis=1
+                )
+            sliced = ops.reshape(inputs, (-1, num_slices, slice_width))
+            return ops.mean(sliced, axis=-1)
         valid = ops.greater_equal(self.indices, 0)
         gathered = ops.take(inputs, ops.maximum(self.indices, 0), axis=1)
         sizes = ops.sum(ops.cast(valid, inputs.dtype), axis=-1)

@@ -15,6 +15,29 @@ def to_numpy(x):
     return np.asarray(ops.convert_to_numpy(x))
 
 
+def input_gradient(function, x):
+    """The gradient of `sum(function(x))` with respect to `x`, by the
+    backend's own autodiff."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(function(x))
+        return tape.gradient(total, x).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: jax.numpy.sum(function(v)))(x))
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    function(x).sum().backward()
+    return x.grad.numpy()
+
+
 def round_trip(layer, tmp_path, inputs):
     """Saves a one-layer model in .keras format, reloads it, and returns the
     outputs before and after."""
@@ -116,17 +139,32 @@ class TestSliceIndices:
             layers.slice_indices(4, 5)
 
 
+# Every reduction and slicing, with equal slices (width 12) and padded ones
+# (width 13): they take different paths.
+EVERY_SLICING = pytest.mark.parametrize(
+    "reduction,slicing,width",
+    [
+        (reduction, slicing, width)
+        for reduction in ("mean", "median")
+        for slicing in ("uniform", "random")
+        for width in (12, 13)
+    ],
+)
+
+
+def four_slices(reduction, slicing, width):
+    """Random inputs of `width` channels, a 4-slice `SliceReduce` and its
+    slice indices."""
+    x = np.random.default_rng(0).normal(size=(5, width)).astype("float32")
+    layer = layers.SliceReduce(4, slicing=slicing, reduction=reduction, seed=2)
+    return x, layer, layers.slice_indices(width, 4, slicing, seed=2)
+
+
 class TestSliceReduce:
-    @pytest.mark.parametrize("reduction", ["mean", "median"])
-    @pytest.mark.parametrize("slicing", ["uniform", "random"])
-    @pytest.mark.parametrize("width", [12, 13])
+    @EVERY_SLICING
     def test_against_numpy(self, reduction, slicing, width):
-        x = np.random.default_rng(0).normal(size=(5, width)).astype("float32")
-        layer = layers.SliceReduce(
-            4, slicing=slicing, reduction=reduction, seed=2
-        )
+        x, layer, indices = four_slices(reduction, slicing, width)
         y = to_numpy(layer(x))
-        indices = layers.slice_indices(width, 4, slicing, seed=2)
         reduce = np.mean if reduction == "mean" else np.median
         expected = np.stack(
             [reduce(x[:, row[row >= 0]], axis=1) for row in indices], axis=1
@@ -140,11 +178,17 @@ class TestSliceReduce:
         np.testing.assert_allclose(before, after, atol=1e-6)
         assert not layer.indices.trainable
 
-    def test_gradient_is_finite(self):
-        x = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
-        for reduction in ("mean", "median"):
-            layer = layers.SliceReduce(2, reduction=reduction)
-            assert np.all(np.isfinite(to_numpy(layer(x))))
+    @EVERY_SLICING
+    def test_gradient(self, reduction, slicing, width):
+        x, layer, indices = four_slices(reduction, slicing, width)
+        grad = input_gradient(layer, x)
+        assert np.all(np.isfinite(grad))
+        for row in indices:
+            row = row[row >= 0]
+            # Each slice's output moves by 1 when all its channels do.
+            np.testing.assert_allclose(grad[:, row].sum(axis=1), 1.0, rtol=1e-5)
+            if reduction == "mean":
+                np.testing.assert_allclose(grad[:, row], 1.0 / len(row))
 
     @pytest.mark.parametrize(
         "kwargs,match",
