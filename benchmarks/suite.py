@@ -33,6 +33,7 @@ MODES = {
         "addon_batch_sizes": (64,),
         "noise_seeds": 0,
         "memory_samples": (500, 5000),
+        "memory_repeats": 1,
         "scale_samples": 512,
         "scale_repeats": 3,
         "classes": (10, 1000),
@@ -51,6 +52,7 @@ MODES = {
         "addon_batch_sizes": (32, 64, 128, 256),
         "noise_seeds": 3,
         "memory_samples": (5000, 50000),
+        "memory_repeats": 3,
         "scale_samples": 2048,
         "scale_repeats": 7,
         "classes": (10, 30, 100, 300, 1000),
@@ -395,9 +397,9 @@ def scale_figure(base, data, config):
 # ----------------------------------------------------------------------
 # 3. Memory: peak RSS of evaluate / calibrate / baseline fitting at N, 10N
 # ----------------------------------------------------------------------
-def memory_figure(base, data, config):
-    small, large = config["memory_samples"]
-    # One fresh process per size (run side by side: only memory is read).
+def _memory_probes(sizes):
+    """One `benchmarks.memory` report per size, from fresh processes run
+    side by side (only memory is read)."""
     processes = {
         size: subprocess.Popen(
             [
@@ -411,33 +413,56 @@ def memory_figure(base, data, config):
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        for size in (small, large)
+        for size in sizes
     }
     probes = {}
     for size, process in processes.items():
         output, _ = process.communicate()
         if process.returncode:
-            return {"error": f"memory probe failed for {size} samples"}
+            return None
         probes[size] = json.loads(output.strip().splitlines()[-1])
+    return probes
+
+
+def memory_figure(base, data, config):
+    """Peak RSS at N and 10N samples: the median over `memory_repeats`
+    fresh processes per size, since the RSS a framework holds before an
+    operation moves by up to ~150 MB between processes (PyTorch)."""
+    small, large = config["memory_samples"]
+    runs = []
+    for _ in range(config["memory_repeats"]):
+        probes = _memory_probes((small, large))
+        if probes is None:
+            return {"error": "memory probe failed"}
+        runs.append(probes)
     operations = {}
-    for name in probes[small]["operations"]:
-        low = probes[small]["operations"][name]
-        high = probes[large]["operations"][name]
-        if "skipped" in low or "skipped" in high:
-            operations[name] = {"skipped": low.get("skipped")}
+    for name in runs[0][small]["operations"]:
+        reports = [
+            (run[small]["operations"][name], run[large]["operations"][name])
+            for run in runs
+        ]
+        if any("skipped" in low or "skipped" in high for low, high in reports):
+            operations[name] = {"skipped": reports[0][0].get("skipped")}
             continue
+        low = [report[0]["peak_mb"] for report in reports]
+        high = [report[1]["peak_mb"] for report in reports]
+        peaks = [float(np.median(low)), float(np.median(high))]
+        inputs = [runs[0][small]["inputs_mb"], runs[0][large]["inputs_mb"]]
         operations[name] = {
-            "peak_mb": [low["peak_mb"], high["peak_mb"]],
-            "growth": high["peak_mb"] / low["peak_mb"] - 1.0,
+            "peak_mb": peaks,
+            "peak_mb_runs": [low, high],
+            "growth": peaks[1] / peaks[0] - 1.0,
             "growth_without_inputs": (
-                (high["peak_mb"] - probes[large]["inputs_mb"])
-                / (low["peak_mb"] - probes[small]["inputs_mb"])
-                - 1.0
+                (peaks[1] - inputs[1]) / (peaks[0] - inputs[0]) - 1.0
             ),
         }
     return {
         "num_samples": [small, large],
-        "inputs_mb": [probes[small]["inputs_mb"], probes[large]["inputs_mb"]],
+        "repeats": config["memory_repeats"],
+        "inputs_mb": [
+            runs[0][small]["inputs_mb"],
+            runs[0][large]["inputs_mb"],
+        ],
         "operations": operations,
     }
 
