@@ -179,16 +179,9 @@ def _check_slicing(slicing):
 
 
 def _check_num_slices(num_slices, width):
-    if (
-        isinstance(num_slices, bool)
-        or not isinstance(num_slices, (int, np.integer))
-        or num_slices < 1
-        or (width is not None and num_slices > width)
-    ):
-        limit = (
-            "" if width is None else f" no larger than the tapped width {width}"
-        )
+    validation.check_positive_int("num_slices", num_slices)
+    if width is not None and num_slices > width:
         raise ValueError(
-            f"Invalid `num_slices`: expected a positive int{limit}. "
-            f"Received: num_slices={num_slices!r}"
+            "Invalid `num_slices`: expected a positive int no larger than "
+            f"the tapped width {width}. Received: num_slices={num_slices!r}"
         )
