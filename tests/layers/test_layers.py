@@ -226,6 +226,16 @@ class TestActivationProfile:
         with pytest.raises(ValueError, match="tapped width 8"):
             layers.ActivationProfile(num_slices=16)(np.ones((2, 8), "float32"))
 
+    @pytest.mark.parametrize("projection", ["none", "small"])
+    @pytest.mark.parametrize("shape", [(2, 6), (0, 6), (2, 3, 3, 10)])
+    def test_wrong_width_after_build(self, projection, shape):
+        # `call` runs the sublayers' `call` directly, so the width check
+        # must be the profile layer's own (no Dense checks it with "none").
+        layer = layers.ActivationProfile(num_slices=4, projection=projection)
+        layer(np.ones((2, 8), "float32"))
+        with pytest.raises(ValueError, match="expected axis -1 .* value 8"):
+            layer(np.ones(shape, "float32"))
+
     def test_config_and_save(self, tmp_path):
         layer = layers.ActivationProfile(
             6, "very_large", "random", "median", seed=3
