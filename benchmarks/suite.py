@@ -437,6 +437,8 @@ def memory_figure(base, data, config):
         if probes is None:
             return {"error": "memory probe failed"}
         runs.append(probes)
+    # The inputs are the same arrays in every run.
+    inputs = [runs[0][small]["inputs_mb"], runs[0][large]["inputs_mb"]]
     operations = {}
     for name in runs[0][small]["operations"]:
         reports = [
@@ -449,7 +451,6 @@ def memory_figure(base, data, config):
         low = [report[0]["peak_mb"] for report in reports]
         high = [report[1]["peak_mb"] for report in reports]
         peaks = [float(np.median(low)), float(np.median(high))]
-        inputs = [runs[0][small]["inputs_mb"], runs[0][large]["inputs_mb"]]
         operations[name] = {
             "peak_mb": peaks,
             "peak_mb_runs": [low, high],
@@ -461,10 +462,7 @@ def memory_figure(base, data, config):
     return {
         "num_samples": [small, large],
         "repeats": config["memory_repeats"],
-        "inputs_mb": [
-            runs[0][small]["inputs_mb"],
-            runs[0][large]["inputs_mb"],
-        ],
+        "inputs_mb": inputs,
         "operations": operations,
     }
 
