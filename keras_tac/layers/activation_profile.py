@@ -93,16 +93,16 @@ class ActivationProfile(keras.layers.Layer):
         self.input_spec = keras.InputSpec(min_ndim=2, axes={-1: width})
 
     def call(self, inputs):
-        if len(inputs.shape) != 2:
-            # Pooling is the identity on (batch, channels), e.g. the pooled
-            # features that `fit` caches: one layer call less per step.
-            inputs = self.pooling(inputs)
-        # `build` built both sublayers for this layer's width and dtype
-        # policy, and this layer's own call has cast the inputs: calling
-        # their `call` skips two rounds of Keras's per-call bookkeeping,
-        # ~60 us each per tap and step in eager PyTorch (as Keras's
+        # `build` built the sublayers for this layer's width and dtype
+        # policy, and this layer's own call has cast and checked the inputs:
+        # calling their `call` skips Keras's per-call bookkeeping, ~60 us
+        # per sublayer, tap and step in eager PyTorch (as Keras's
         # `TimeDistributed` calls its layer). The Dense layers inside the
         # projection keep their full call (quantized modes dispatch there).
+        if len(inputs.shape) != 2:
+            # Pooling is the identity on (batch, channels), e.g. the pooled
+            # features that `fit` caches.
+            inputs = self.pooling.call(inputs)
         return self.slice_reduce.call(self.projector.call(inputs))
 
     def compute_output_shape(self, input_shape):
