@@ -8,7 +8,7 @@ import time
 import keras
 import numpy as np
 
-from keras_tac.layers.tap_projection import PROJECTION_DEPTHS
+from keras_tac.src.layers.tap_projection import PROJECTION_DEPTHS
 
 # The taps of the scale curve, in the order they are added: the four default
 # taps first (`keras_tac.tapping.default_tap_layers` picks them), then the

@@ -18,8 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 from benchmarks import common
 from keras_tac import TACModel
-from keras_tac import jax_backend
 from keras_tac.datasets import load_mnist_digits
+from keras_tac.src import jax_backend
 
 MODES = {
     "short": {
@@ -209,7 +209,7 @@ def inference_figure(base, data, config):
 
 def _with_jax_default_options(base, x, config):
     """The same figure with TAC compiled under JAX's default XLA options
-    instead of `keras_tac.jax_backend.XLA_CPU_OPTIONS`."""
+    instead of `keras_tac.src.jax_backend.XLA_CPU_OPTIONS`."""
     tuned = jax_backend.XLA_CPU_OPTIONS
     jax_backend.XLA_CPU_OPTIONS = None
     try:

@@ -20,8 +20,8 @@ import pytest
 from conftest import make_cnn
 
 import keras_tac
-from keras_tac import export as export_lib
-from keras_tac import serving
+from keras_tac.src import export as export_lib
+from keras_tac.src import serving
 
 BACKEND = keras.backend.backend()
 FORMAT = "onnx" if BACKEND == "torch" else "tf_saved_model"

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_cnn
 
 from keras_tac import TACModel
-from keras_tac import feature_cache
+from keras_tac.src import feature_cache
 
 NUM_SAMPLES = 128
 MESSAGE = "tap features computed once"

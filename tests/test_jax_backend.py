@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from keras_tac import TACModel
-from keras_tac import jax_backend
 from keras_tac.scores import FeatureExtractor
+from keras_tac.src import jax_backend
 
 ON_JAX = keras.backend.backend() == "jax"
 

@@ -8,7 +8,7 @@ from scipy import special
 
 import keras_tac
 from keras_tac import scores
-from keras_tac.scores.features import FeatureBatch
+from keras_tac.src.scores.features import FeatureBatch
 
 
 def synthetic_batch(pooled, num_classes=3, base_output=None):

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_cnn
 
 from keras_tac import TACModel
-from keras_tac import streaming
+from keras_tac.src import streaming
 
 
 class TestArrayBatches:

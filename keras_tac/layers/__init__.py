@@ -1,9 +1,9 @@
 """Keras layers that compute activation profiles and match them to codes."""
 
-from keras_tac.layers.activation_profile import ActivationProfile
-from keras_tac.layers.code_matching import CodeMatching
-from keras_tac.layers.code_matching import code_distances
-from keras_tac.layers.slice_reduce import SliceReduce
-from keras_tac.layers.slice_reduce import slice_indices
-from keras_tac.layers.tap_pooling import TapPooling
-from keras_tac.layers.tap_projection import TapProjection
+from keras_tac.src.layers.activation_profile import ActivationProfile
+from keras_tac.src.layers.code_matching import CodeMatching
+from keras_tac.src.layers.code_matching import code_distances
+from keras_tac.src.layers.slice_reduce import SliceReduce
+from keras_tac.src.layers.slice_reduce import slice_indices
+from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src.layers.tap_projection import TapProjection

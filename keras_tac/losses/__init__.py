@@ -1,4 +1,4 @@
 """The TAC objective."""
 
-from keras_tac.losses.tac_loss import TACLoss
-from keras_tac.losses.tac_loss import tac_loss
+from keras_tac.src.losses.tac_loss import TACLoss
+from keras_tac.src.losses.tac_loss import tac_loss

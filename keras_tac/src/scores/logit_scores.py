@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from keras_tac.scores.scorer import Scorer
-from keras_tac.scores.scorer import register_scorer
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores.scorer import Scorer
+from keras_tac.src.scores.scorer import register_scorer
 
 
 def _log_probabilities(features):
@@ -17,6 +18,7 @@ def _log_probabilities(features):
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.MaxSoftmaxProbability")
 class MaxSoftmaxProbability(Scorer):
     """Maximum softmax probability (Hendrycks & Gimpel, 2017).
 
@@ -39,6 +41,7 @@ class MaxSoftmaxProbability(Scorer):
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.MaxLogit")
 class MaxLogit(Scorer):
     """Maximum logit (Hendrycks et al., 2022): `max_k logits_k`.
 
@@ -59,6 +62,7 @@ class MaxLogit(Scorer):
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.Energy")
 class Energy(Scorer):
     """Negative free energy (Liu et al., 2020):
     `T * logsumexp(logits / T)`. Higher = more confident.

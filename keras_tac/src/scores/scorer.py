@@ -4,15 +4,19 @@ import json
 
 import numpy as np
 
+from keras_tac.src.api_export import keras_tac_export
+
 _REGISTRY = {}
 
 
+@keras_tac_export("keras_tac.scores.register_scorer")
 def register_scorer(cls):
     """Class decorator: lets `load_scorer` rebuild `cls` by name."""
     _REGISTRY[cls.__name__] = cls
     return cls
 
 
+@keras_tac_export("keras_tac.scores.Scorer")
 class Scorer:
     """Base class of confidence scorers: one float per input, higher = more
     confident (more likely correct, more likely in-distribution).
@@ -117,6 +121,7 @@ class Scorer:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+@keras_tac_export("keras_tac.scores.load_scorer")
 def load_scorer(path):
     """Loads any scorer saved with `Scorer.save`.
 

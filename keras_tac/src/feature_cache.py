@@ -26,10 +26,10 @@ import weakref
 import keras
 import numpy as np
 
-from keras_tac import jax_backend
-from keras_tac import validation
-from keras_tac.layers.tap_pooling import TapPooling
-from keras_tac.streaming import ArrayBatches
+from keras_tac.src import jax_backend
+from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src.streaming import ArrayBatches
+from keras_tac.src.validation import model_inputs
 
 # Cached features larger than this many bytes (training and validation
 # together) go to a memory-mapped file in a temporary directory, removed
@@ -80,9 +80,9 @@ def reason_not_to_cache(model, x, y, fit_kwargs):
         return "mixup (`mixup_alpha > 0`) mixes inputs at random each step"
     if (
         x is None
-        or not validation.is_arrays(x)
+        or not model_inputs.is_arrays(x)
         or y is None
-        or not validation.is_arrays(y)
+        or not model_inputs.is_arrays(y)
     ):
         return (
             "`x` and `y` are not NumPy arrays or tensors (a dataset or "
@@ -120,7 +120,7 @@ def fit_on_cached_features(model, fit, x, y, validation_data, fit_kwargs):
     validation_arrays = (
         isinstance(validation_data, (list, tuple))
         and len(validation_data) in (2, 3)
-        and validation.is_arrays(validation_data[0])
+        and model_inputs.is_arrays(validation_data[0])
     )
     width = _feature_bytes_per_sample(model)
     num_samples = _num_samples(x)
@@ -204,7 +204,7 @@ class _FeatureStore:
             stop = min(start + step, num_samples)
             # The last batch is padded to full size: one compiled shape.
             batch = keras.tree.map_structure(
-                lambda a, start=start, stop=stop: validation.pad_batch(
+                lambda a, start=start, stop=stop: model_inputs.pad_batch(
                     a[start:stop], step
                 ),
                 x,

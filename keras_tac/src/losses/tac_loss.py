@@ -2,8 +2,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tac import validation
-from keras_tac.api_export import keras_tac_export
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
 
 MIN_TEMPERATURE = 1e-4
 MAX_TEMPERATURE = 50.0
@@ -151,6 +151,7 @@ def _nan_rows(probabilities, valid):
     )
 
 
+@keras_tac_export("keras_tac.losses.tac_loss")
 def tac_loss(
     y_true,
     profile,
@@ -285,7 +286,7 @@ def loss_from_probabilities(
     return cross_entropy_weight * cross_entropy + regression_weight * regression
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.losses.TACLoss")
 class TACLoss(keras.losses.Loss):
     """The TAC objective as a Keras loss: `y_pred` is the activation profile.
 
@@ -308,7 +309,7 @@ class TACLoss(keras.losses.Loss):
     Example:
 
     >>> import numpy as np
-    >>> from keras_tac.codes import class_codes
+    >>> from keras_tac.src.codes import class_codes
     >>> codes, _ = class_codes(3, num_blocks=1)
     >>> loss = TACLoss(codes)
     >>> float(loss(np.array([2]), codes[2:3].astype("float32"))) < 1e-3

@@ -6,22 +6,23 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tac import codes as codes_lib
-from keras_tac import feature_cache
-from keras_tac import jax_backend
-from keras_tac import streaming
-from keras_tac import tapping
-from keras_tac import thresholds as thresholds_lib
-from keras_tac import validation
-from keras_tac.api_export import keras_tac_export
-from keras_tac.layers.activation_profile import ActivationProfile
-from keras_tac.layers.code_matching import CodeMatching
-from keras_tac.layers.tap_projection import PROJECTION_DEPTHS
-from keras_tac.losses.tac_loss import MAX_TEMPERATURE
-from keras_tac.losses.tac_loss import MIN_TEMPERATURE
-from keras_tac.losses.tac_loss import labels_to_probabilities
-from keras_tac.losses.tac_loss import loss_from_probabilities
-from keras_tac.losses.tac_loss import static_rank
+from keras_tac.src import codes as codes_lib
+from keras_tac.src import feature_cache
+from keras_tac.src import jax_backend
+from keras_tac.src import streaming
+from keras_tac.src import tapping
+from keras_tac.src import thresholds as thresholds_lib
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.activation_profile import ActivationProfile
+from keras_tac.src.layers.code_matching import CodeMatching
+from keras_tac.src.layers.tap_projection import PROJECTION_DEPTHS
+from keras_tac.src.losses.tac_loss import MAX_TEMPERATURE
+from keras_tac.src.losses.tac_loss import MIN_TEMPERATURE
+from keras_tac.src.losses.tac_loss import labels_to_probabilities
+from keras_tac.src.losses.tac_loss import loss_from_probabilities
+from keras_tac.src.losses.tac_loss import static_rank
+from keras_tac.src.validation import model_inputs
 
 SCORES = ("distance", "nearest_distance", "inner_product")
 BASE_OUTPUTS = ("auto", "logits", "probabilities")
@@ -34,7 +35,7 @@ REJECTION_KEYS = (
 )
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.TACModel")
 class TACModel(keras.Model):
     """A classifier that knows when it is likely wrong: Total Activation
     Classifier (TAC) on top of a Keras classifier.
@@ -823,7 +824,7 @@ class TACModel(keras.Model):
         out["accepted"]
         ```
         """
-        from keras_tac import export as export_lib
+        from keras_tac.src import export as export_lib
 
         export_lib.export_tac_model(
             self,
@@ -845,9 +846,9 @@ class TACModel(keras.Model):
         if spec is not None:
             self._check_element_spec(spec, where)
             return None
-        if not validation.is_arrays(x) or feature_cache.is_cached_features(x):
+        if not model_inputs.is_arrays(x) or feature_cache.is_cached_features(x):
             return None
-        num_samples = validation.check_inputs(
+        num_samples = model_inputs.check_inputs(
             x,
             self.input_shapes,
             where,

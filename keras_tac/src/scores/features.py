@@ -7,11 +7,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tac import jax_backend
-from keras_tac import validation
-from keras_tac.layers.tap_pooling import TapPooling
+from keras_tac.src import jax_backend
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src.validation import model_inputs
 
 
+@keras_tac_export("keras_tac.scores.FeatureBatch")
 class FeatureBatch:
     """The features of one batch of inputs, as NumPy arrays.
 
@@ -41,6 +44,7 @@ class FeatureBatch:
         self.pooled = pooled
 
 
+@keras_tac_export("keras_tac.scores.FeatureExtractor")
 class FeatureExtractor:
     """Runs `tac`'s tapped base model once per batch and returns the base
     output, TAC's profile and the pooled tapped activations.
@@ -124,7 +128,7 @@ class FeatureExtractor:
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
             batch = keras.tree.map_structure(
-                lambda a, start=start, stop=stop: validation.pad_batch(
+                lambda a, start=start, stop=stop: model_inputs.pad_batch(
                     np.asarray(a[start:stop]), batch_size
                 ),
                 x,
@@ -147,7 +151,7 @@ class FeatureExtractor:
 
     def check_inputs(self, x, where):
         """Validates `x` against the base model; returns the input count."""
-        return validation.check_inputs(x, self.input_shapes, where)
+        return model_inputs.check_inputs(x, self.input_shapes, where)
 
 
 # Values must not reference their key (the TAC model), or it never dies.

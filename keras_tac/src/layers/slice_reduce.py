@@ -2,13 +2,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tac import validation
-from keras_tac.api_export import keras_tac_export
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
 
 SLICINGS = ("uniform", "random")
 REDUCTIONS = ("mean", "median")
 
 
+@keras_tac_export("keras_tac.layers.slice_indices")
 def slice_indices(width, num_slices, slicing="uniform", seed=0):
     """The channel indices of each slice, as a padded NumPy array.
 
@@ -47,7 +48,7 @@ def slice_indices(width, num_slices, slicing="uniform", seed=0):
     return indices
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.layers.SliceReduce")
 class SliceReduce(keras.layers.Layer):
     """Splits a vector into disjoint slices and reduces each to one scalar.
 

@@ -8,10 +8,11 @@ import warnings
 
 import numpy as np
 
-from keras_tac import metrics
-from keras_tac import validation
-from keras_tac.scores import compute
-from keras_tac.scores.features import FeatureExtractor
+from keras_tac.src import metrics
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores import compute
+from keras_tac.src.scores.features import FeatureExtractor
 
 # name: (higher is better, description). Order = column order.
 ERROR_METRICS = {
@@ -35,6 +36,7 @@ OOD_METRICS = {
 }
 
 
+@keras_tac_export("keras_tac.compare_scores")
 def compare_scores(
     tac,
     x_test,
@@ -203,6 +205,7 @@ def compare_scores(
     return report, details
 
 
+@keras_tac_export("keras_tac.report_to_markdown")
 def report_to_markdown(report, details=None, title=None, images=None):
     """Formats a `compare_scores` report as Markdown tables.
 
@@ -254,6 +257,7 @@ def report_to_markdown(report, details=None, title=None, images=None):
     return "\n".join(lines)
 
 
+@keras_tac_export("keras_tac.write_report")
 def write_report(report, directory, details=None, title=None, plots=True):
     """Writes a `compare_scores` report: Markdown, JSON and PNG plots.
 

@@ -1,13 +1,13 @@
 import keras
 
-from keras_tac import validation
-from keras_tac.api_export import keras_tac_export
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
 
 # Number of Dense layers of each projection; ReLUs sit between them.
 PROJECTION_DEPTHS = {"none": 0, "small": 1, "large": 2, "very_large": 3}
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.layers.TapProjection")
 class TapProjection(keras.layers.Layer):
     """A small trainable, width-preserving map of a pooled tapped activation.
 

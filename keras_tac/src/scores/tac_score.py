@@ -2,13 +2,15 @@
 
 import numpy as np
 
-from keras_tac.scores.scorer import Scorer
-from keras_tac.scores.scorer import register_scorer
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores.scorer import Scorer
+from keras_tac.src.scores.scorer import register_scorer
 
 TAC_SCORES = ("distance", "nearest_distance", "inner_product")
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.TACScore")
 class TACScore(Scorer):
     """Confidence in the base head's prediction from TAC's profile.
 

@@ -1,10 +1,10 @@
 import keras
 from keras import ops
 
-from keras_tac.api_export import keras_tac_export
+from keras_tac.src.api_export import keras_tac_export
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.layers.TapPooling")
 class TapPooling(keras.layers.Layer):
     """Averages a tapped activation over its spatial or sequence axes.
 

@@ -2,11 +2,13 @@
 
 import numpy as np
 
-from keras_tac.scores.scorer import Scorer
-from keras_tac.scores.scorer import register_scorer
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores.scorer import Scorer
+from keras_tac.src.scores.scorer import register_scorer
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.MahalanobisDistance")
 class MahalanobisDistance(Scorer):
     """Negative Mahalanobis distance to the nearest class mean
     (Lee et al., 2018), on the pooled tapped activations.

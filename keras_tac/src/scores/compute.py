@@ -2,18 +2,20 @@
 
 import numpy as np
 
-from keras_tac import validation
-from keras_tac.scores.deep_knn import DeepKNN
-from keras_tac.scores.features import FeatureExtractor
-from keras_tac.scores.logit_scores import Energy
-from keras_tac.scores.logit_scores import MaxLogit
-from keras_tac.scores.logit_scores import MaxSoftmaxProbability
-from keras_tac.scores.mahalanobis import MahalanobisDistance
-from keras_tac.scores.scorer import Scorer
-from keras_tac.scores.tac_score import TAC_SCORES
-from keras_tac.scores.tac_score import TACScore
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores.deep_knn import DeepKNN
+from keras_tac.src.scores.features import FeatureExtractor
+from keras_tac.src.scores.logit_scores import Energy
+from keras_tac.src.scores.logit_scores import MaxLogit
+from keras_tac.src.scores.logit_scores import MaxSoftmaxProbability
+from keras_tac.src.scores.mahalanobis import MahalanobisDistance
+from keras_tac.src.scores.scorer import Scorer
+from keras_tac.src.scores.tac_score import TAC_SCORES
+from keras_tac.src.scores.tac_score import TACScore
 
 
+@keras_tac_export("keras_tac.scores.default_scorers")
 def default_scorers(tac):
     """The standard set of scorers for a TAC model, in report order.
 
@@ -38,6 +40,7 @@ def default_scorers(tac):
     ]
 
 
+@keras_tac_export("keras_tac.scores.fit_scorers")
 def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
     """Fits every scorer that needs it in one pass over `(x, y)`.
 
@@ -78,6 +81,7 @@ def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
     return scorers
 
 
+@keras_tac_export("keras_tac.scores.compute_scores")
 def compute_scores(
     tac,
     x,

@@ -2,9 +2,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tac.api_export import keras_tac_export
+from keras_tac.src.api_export import keras_tac_export
 
 
+@keras_tac_export("keras_tac.layers.code_distances")
 def code_distances(profile, codes):
     """Normalised L1 distance of each profile to each `+1`/`-1` code.
 
@@ -37,7 +38,7 @@ def code_distances(profile, codes):
     return (common + signed) / (2.0 * ops.shape(codes)[-1])
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.layers.CodeMatching")
 class CodeMatching(keras.layers.Layer):
     """Matches activation profiles against fixed class codes.
 

@@ -1,13 +1,13 @@
 import keras
 
-from keras_tac import validation
-from keras_tac.api_export import keras_tac_export
-from keras_tac.layers.slice_reduce import SliceReduce
-from keras_tac.layers.tap_pooling import TapPooling
-from keras_tac.layers.tap_projection import TapProjection
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.slice_reduce import SliceReduce
+from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src.layers.tap_projection import TapProjection
 
 
-@keras_tac_export
+@keras_tac_export("keras_tac.layers.ActivationProfile")
 class ActivationProfile(keras.layers.Layer):
     """Turns one tapped activation into its activation profile.
 

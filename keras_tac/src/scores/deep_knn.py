@@ -2,12 +2,14 @@
 
 import numpy as np
 
-from keras_tac import validation
-from keras_tac.scores.scorer import Scorer
-from keras_tac.scores.scorer import register_scorer
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.scores.scorer import Scorer
+from keras_tac.src.scores.scorer import register_scorer
 
 
 @register_scorer
+@keras_tac_export("keras_tac.scores.DeepKNN")
 class DeepKNN(Scorer):
     """Negative distance to the k-th nearest fit input (Sun et al., 2022).
 

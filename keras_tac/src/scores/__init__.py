@@ -1,0 +1,1 @@
+"""Internal: see the public `keras_tac.scores`."""

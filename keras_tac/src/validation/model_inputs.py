@@ -1,0 +1,132 @@
+"""Checks of model inputs (arrays and backend tensors) against a base
+model's inputs: shape, dtype, batch size and finiteness. Needs Keras; the
+pure-NumPy checks are in `checks`."""
+
+import keras
+import numpy as np
+
+from keras_tac.src.validation.checks import is_array_like
+
+
+def check_inputs(
+    x, input_shapes, where, allow_non_finite=False, input_names=None
+):
+    """Checks arrays against the base model's input shapes and finiteness.
+
+    `x` may be one array or a list / tuple / dict of arrays for a
+    multi-input model; datasets and generators are checked elsewhere.
+    With `input_names` (the names of the base model's inputs, in the order
+    of `input_shapes`), a dict must have exactly those keys and is matched
+    by name; without, its values are taken in sorted key order.
+    Returns the number of samples.
+    """
+    if x is None:
+        raise ValueError(
+            f"`{where}` expected input arrays matching the base model's "
+            f"inputs {input_shapes}. Received: x=None"
+        )
+    if isinstance(x, dict) and input_names is not None:
+        if sorted(x) != sorted(input_names):
+            raise ValueError(
+                f"Invalid input to `{where}`: expected a dict with the keys "
+                f"{sorted(input_names)} (the base model's input names). "
+                f"Received keys {sorted(x)}"
+            )
+        x = [x[name] for name in input_names]
+    arrays = _flatten(x)
+    if len(arrays) != len(input_shapes):
+        raise ValueError(
+            f"`{where}` expected {len(input_shapes)} input array(s) matching "
+            f"the base model's inputs {input_shapes}. Received {len(arrays)}"
+        )
+    sizes = set()
+    for array, expected in zip(arrays, input_shapes):
+        if not is_array_like(array):
+            array = np.asarray(array)
+        shape = tuple(array.shape)
+        if len(shape) != len(expected) or any(
+            want is not None and want != got
+            for want, got in zip(expected[1:], shape[1:])
+        ):
+            raise ValueError(
+                f"Invalid input to `{where}`: expected shape {expected} "
+                f"(None = any size). Received shape {shape}"
+            )
+        if shape[0] == 0:
+            raise ValueError(
+                f"Invalid input to `{where}`: received an empty batch of "
+                f"shape {shape}; expected at least one sample."
+            )
+        dtype = _dtype_name(array)
+        if not _is_numeric(dtype):
+            raise TypeError(
+                f"Invalid input to `{where}`: expected a numeric array. "
+                f"Received dtype {dtype}"
+            )
+        if not allow_non_finite and "float" in dtype:
+            finite = np.isfinite(_to_float_numpy(array))
+            if not finite.all():
+                bad = int((~finite.reshape(shape[0], -1).all(axis=1)).sum())
+                raise ValueError(
+                    f"Invalid input to `{where}`: {bad} sample(s) hold NaN or "
+                    "infinite values. Expected finite inputs (drop or repair "
+                    "those samples)."
+                )
+        sizes.add(shape[0])
+    if len(sizes) != 1:
+        raise ValueError(
+            f"Invalid input to `{where}`: all input arrays must have the same "
+            f"number of samples. Received sizes {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def _flatten(x):
+    if isinstance(x, dict):
+        return [x[key] for key in sorted(x)]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def _dtype_name(array):
+    """Keras's name of a NumPy or backend dtype (`"float32"`, `"bfloat16"`,
+    `"bool"`), or the raw dtype's text when Keras does not know it."""
+    dtype = getattr(array, "dtype", None)
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except (TypeError, ValueError, AttributeError):
+        return str(dtype)
+
+
+def _is_numeric(dtype_name):
+    return dtype_name == "bool" or dtype_name.startswith(
+        ("float", "bfloat", "int", "uint")
+    )
+
+
+def _to_float_numpy(array):
+    if not isinstance(array, np.ndarray):
+        array = keras.ops.convert_to_numpy(array)
+    array = np.asarray(array)
+    if array.dtype.kind != "f":
+        # bfloat16 (ml_dtypes) is not a NumPy float kind.
+        array = array.astype(np.float32)
+    return array
+
+
+def is_arrays(data):
+    """True when `data` (or every leaf of a list/tuple/dict) is an array."""
+    items = keras.tree.flatten(data)
+    return bool(items) and all(is_array_like(item) for item in items)
+
+
+def pad_batch(array, size):
+    """Pads a short last batch to `size` rows by repeating its last row, so
+    compiled functions see one batch shape; callers drop the padded rows."""
+    array = np.asarray(keras.ops.convert_to_numpy(array))
+    missing = size - array.shape[0]
+    if missing <= 0:
+        return array
+    filler = np.repeat(array[-1:], missing, axis=0)
+    return np.concatenate([array, filler], axis=0)
