@@ -76,7 +76,7 @@ def addon_flops(tac):
     slice means, and code matching (distances, nearest codes)."""
     depth = PROJECTION_DEPTHS[tac.projection]
     total = 0
-    for tensor in tac._tap_model.outputs[1:]:
+    for tensor in tac.tap_model.outputs[1:]:
         shape = tensor.shape
         width = shape[-1]
         if len(shape) > 2:

@@ -16,10 +16,10 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+import keras_tac
 from benchmarks import common
 from keras_tac import TACModel
 from keras_tac.datasets import load_mnist_digits
-from keras_tac.src import jax_backend
 
 MODES = {
     "short": {
@@ -209,16 +209,15 @@ def inference_figure(base, data, config):
 
 def _with_jax_default_options(base, x, config):
     """The same figure with TAC compiled under JAX's default XLA options
-    instead of `keras_tac.src.jax_backend.XLA_CPU_OPTIONS`."""
-    tuned = jax_backend.XLA_CPU_OPTIONS
-    jax_backend.XLA_CPU_OPTIONS = None
+    instead of keras-tac's YNNPACK fusions."""
+    keras_tac.config.set_jax_cpu_inference_fusion(False)
     try:
         # A new model: its predict function is compiled in here.
         return _inference_times(
             base, TACModel(base), x, config["batch_size"], config["repeats"]
         )
     finally:
-        jax_backend.XLA_CPU_OPTIONS = tuned
+        keras_tac.config.set_jax_cpu_inference_fusion(True)
 
 
 # ----------------------------------------------------------------------

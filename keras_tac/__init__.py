@@ -38,9 +38,11 @@ except ImportError as error:
         ) from _BACKEND_ERROR
 
 else:
+    from keras_tac import config
     from keras_tac import datasets
     from keras_tac import layers
     from keras_tac import losses
+    from keras_tac import rejection
     from keras_tac import saving
     from keras_tac import scores
     from keras_tac import serving

@@ -64,7 +64,7 @@ def slice_indices_of(tac):
     """The slice indices of each tap, as NumPy arrays."""
     return [
         np.asarray(ops.convert_to_numpy(layer.slice_reduce.indices))
-        for layer in tac.profile_layers
+        for layer in tac.head.profile_layers
     ]
 
 

@@ -2,6 +2,7 @@
 cached path must train the same layers to the same weights, with the same
 history, as the ordinary path that re-runs the base each step."""
 
+import contextlib
 import logging
 import os
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from conftest import make_cnn
 
+import keras_tac
 from keras_tac import TACModel
+from keras_tac.scores import FeatureExtractor
 from keras_tac.src import feature_cache
 
 NUM_SAMPLES = 128
@@ -33,8 +36,19 @@ def _tac(seed=0, **kwargs):
     return tac
 
 
+@contextlib.contextmanager
+def features_on_disk():
+    """A memory budget of 0 bytes: cached features go to a memmap."""
+    budget = keras_tac.config.feature_cache_memory_budget()
+    keras_tac.config.set_feature_cache_memory_budget(0)
+    try:
+        yield
+    finally:
+        keras_tac.config.set_feature_cache_memory_budget(budget)
+
+
 def _profile_weights(tac):
-    return [w for layer in tac.profile_layers for w in layer.get_weights()]
+    return [w for layer in tac.head.profile_layers for w in layer.get_weights()]
 
 
 def _fit(tac, x, y, cache, **kwargs):
@@ -165,14 +179,8 @@ class TestCachedFeatureTraining:
         tac, x, y = (trained_pair[k] for k in ("cached", "x", "y"))
         outputs = tac.predict(x, verbose=0)
         # The features the cache holds give the profile `predict` gives.
-        features = feature_cache.feature_model(tac).predict(x, verbose=0)
-        profile = np.concatenate(
-            [
-                keras.ops.convert_to_numpy(layer(tap))
-                for layer, tap in zip(tac.profile_layers, features[1:])
-            ],
-            axis=-1,
-        )
+        batch = next(FeatureExtractor.of(tac).batches(x, len(x), verbose=0))
+        profile = keras.ops.convert_to_numpy(tac.head(batch.pooled)["profile"])
         np.testing.assert_allclose(
             profile, outputs["profile"], rtol=1e-5, atol=1e-5
         )
@@ -184,12 +192,12 @@ class TestCachedFeatureTraining:
     ):
         x, y = trained_pair["x"], trained_pair["y"]
         # A budget of 0 bytes sends the features to a memmap on disk.
-        monkeypatch.setattr(feature_cache, "MEMORY_BUDGET_BYTES", 0)
         monkeypatch.setattr(
             feature_cache.tempfile, "mkdtemp", lambda prefix: str(tmp_path)
         )
         disk = _tac()
-        history = _fit(disk, x, y, cache=True, **_fit_kwargs(x, y))
+        with features_on_disk():
+            history = _fit(disk, x, y, cache=True, **_fit_kwargs(x, y))
         _assert_same_training(
             trained_pair["cached"],
             disk,
@@ -203,9 +211,9 @@ class TestCachedFeatureTraining:
         kwargs = {"validation_split": 0.25}
         memory = _tac()
         history_a = _fit(memory, x, y, cache=True, **kwargs)
-        monkeypatch.setattr(feature_cache, "MEMORY_BUDGET_BYTES", 0)
         disk = _tac()
-        history_b = _fit(disk, x, y, cache=True, **kwargs)
+        with features_on_disk():
+            history_b = _fit(disk, x, y, cache=True, **kwargs)
         assert "val_loss" in history_b
         _assert_same_training(memory, disk, history_a, history_b)
 

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_tac
 from keras_tac import TACModel
 from keras_tac.scores import FeatureExtractor
 from keras_tac.src import jax_backend
@@ -20,9 +21,9 @@ def _on_jax_cpu():
 @pytest.fixture
 def default_options(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setattr(
-        jax_backend, "XLA_CPU_OPTIONS", dict(jax_backend.XLA_CPU_OPTIONS)
-    )
+    keras_tac.config.set_jax_cpu_inference_fusion(True)
+    yield
+    keras_tac.config.set_jax_cpu_inference_fusion(True)
 
 
 class TestInferenceCompilerOptions:
@@ -40,8 +41,8 @@ class TestInferenceCompilerOptions:
         )
         assert jax_backend.inference_compiler_options() is None
 
-    def test_turned_off(self, default_options, monkeypatch):
-        monkeypatch.setattr(jax_backend, "XLA_CPU_OPTIONS", None)
+    def test_turned_off(self, default_options):
+        keras_tac.config.set_jax_cpu_inference_fusion(False)
         assert jax_backend.inference_compiler_options() is None
 
 
@@ -95,7 +96,7 @@ class TestInferenceCompilation:
             FeatureExtractor.of(tac).batches(x, batch_size=128, verbose=0)
         )
 
-        monkeypatch.setattr(jax_backend, "XLA_CPU_OPTIONS", None)
+        keras_tac.config.set_jax_cpu_inference_fusion(False)
         tac.make_predict_function(force=True)
         tac.make_test_function(force=True)
         FeatureExtractor.of(tac).model.make_predict_function(force=True)

@@ -46,6 +46,45 @@ def brute_force_expected_errors(confidence, correct):
     return totals / count
 
 
+def aurc_by_hand(confidence, correct):
+    """AURC from its definition (Geifman et al., 2019), written apart from
+    `keras_tac`: the mean over k = 1..n of the error rate among the k most
+    confident inputs, a partly accepted tie group counting its error
+    fraction per accepted input (the expectation over random orders of
+    the tied inputs)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    ranked = np.sort(confidence)[::-1]
+    risks = []
+    for k in range(1, len(ranked) + 1):
+        above = confidence > ranked[k - 1]
+        tied = confidence == ranked[k - 1]
+        taken = k - above.sum()
+        errors = wrong[above].sum() + taken * wrong[tied].mean()
+        risks.append(errors / k)
+    return float(np.mean(risks))
+
+
+def optimal_aurc(correct):
+    """AURC of the oracle ranking (every correct input first): with `c`
+    correct of `n`, the k most confident hold `max(0, k - c)` errors."""
+    n, c = len(correct), int(np.sum(correct))
+    return sum((k - c) / k for k in range(c + 1, n + 1)) / n
+
+
+def detection_rate_by_hand(scores, labels):
+    """`1 - EER` from scikit-learn's ROC curve: the TPR where the polyline
+    through its points crosses the line `FPR = 1 - TPR`."""
+    fpr, tpr, _ = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
+    for i in range(1, len(fpr)):
+        before = fpr[i - 1] + tpr[i - 1] - 1
+        after = fpr[i] + tpr[i] - 1
+        if before <= 0 <= after and after > before:
+            weight = -before / (after - before)
+            return tpr[i - 1] + weight * (tpr[i] - tpr[i - 1])
+    raise AssertionError("the ROC curve never crosses FPR = 1 - TPR")
+
+
 TIE_CASES = [
     ([3.0, 2.0, 2.0, 1.0], [1, 1, 0, 0]),
     ([1.0, 1.0, 1.0, 1.0, 1.0], [1, 0, 1, 1, 0]),
@@ -106,9 +145,11 @@ class TestRankingCurves:
 
     def test_never_symmetrised(self):
         scores, labels = random_case(2)
-        auc = metrics.roc_auc(scores, labels)
-        assert auc > 0.5
-        assert metrics.roc_auc(-scores, labels) == pytest.approx(1 - auc)
+        auc = metrics.roc_auc(-scores, labels)
+        assert auc < 0.5
+        assert auc == pytest.approx(
+            sk_metrics.roc_auc_score(labels, -scores), abs=1e-12
+        )
 
     @pytest.mark.parametrize("levels", [None, 1])
     @pytest.mark.parametrize("target", [0.95, 0.8, 1.0])
@@ -139,12 +180,25 @@ class TestRankingCurves:
         rate = metrics.detection_rate_at_eer([2, 2, 2, 1], [1, 1, 0, 0])
         assert rate == pytest.approx(2 / 3)
 
+    @pytest.mark.parametrize("seed,levels", [(12, None), (13, 2), (14, 1)])
+    def test_detection_rate_at_eer_by_hand(self, seed, levels):
+        scores, labels = random_case(seed, levels=levels)
+        rate = metrics.detection_rate_at_eer(scores, labels)
+        assert rate == pytest.approx(
+            detection_rate_by_hand(scores, labels), abs=1e-12
+        )
+        assert 0.5 < rate < 1.0
+
     @pytest.mark.parametrize(
         "scores,labels,match",
         [
             ([1.0, float("nan")], [1, 0], "NaN"),
             ([1.0, 2.0], [1, 0, 1], "shape"),
-            ([1.0, 2.0], [2, 0], "0/1"),
+            ([1.0, 2.0], [2, 0], "labels.*0/1"),
+            ([1.0, 2.0], [3, 3], "labels.*0/1"),
+            ([1.0, 2.0], [0.5, 1.0], "labels.*0/1"),
+            ([1.0, 2.0], [1.0, float("nan")], "labels.*0/1"),
+            ([1.0, 2.0], ["a", "b"], "labels.*0/1"),
             ([1.0, 2.0], [1, 1], "single class"),
             ([], [], "non-empty"),
             (np.ones((2, 2)), [1, 0], "1-D"),
@@ -153,6 +207,22 @@ class TestRankingCurves:
     def test_bad_input(self, scores, labels, match):
         with pytest.raises(ValueError, match=match):
             metrics.roc_auc(scores, labels)
+
+    @pytest.mark.parametrize(
+        "labels",
+        [
+            [True, False, True, False],
+            [1, 0, 1, 0],
+            np.array([1, 0, 1, 0], "uint8"),
+            [1.0, 0.0, 1.0, 0.0],
+            [[1], [0], [1], [0]],
+        ],
+    )
+    def test_binary_labels_accepted(self, labels):
+        assert metrics.roc_auc([4.0, 3.0, 2.0, 1.0], labels) == 0.75
+        assert metrics.aurc([4.0, 3.0, 2.0, 1.0], labels) == pytest.approx(
+            (0 + 1 / 2 + 1 / 3 + 2 / 4) / 4
+        )
 
     def test_bad_tpr(self):
         with pytest.raises(ValueError, match="tpr"):
@@ -179,8 +249,13 @@ class TestErrorDetection:
         assert result["aupr_error"] == pytest.approx(
             sk_metrics.average_precision_score(~correct, -confidence)
         )
-        fpr, tpr, _ = sk_metrics.roc_curve(correct, confidence)
+        fpr, tpr, _ = sk_metrics.roc_curve(
+            correct, confidence, drop_intermediate=False
+        )
         assert result["fpr95"] == fpr[np.argmax(tpr >= 0.95)]
+        assert result["error_detection_rate"] == pytest.approx(
+            detection_rate_by_hand(confidence, correct), abs=1e-12
+        )
 
     def test_single_class_gives_nan(self):
         result = metrics.error_detection_metrics([1.0, 2.0], [True, True])
@@ -241,13 +316,43 @@ class TestSelective:
         assert metrics.aurc(constant, correct) == pytest.approx(0.3)
         assert metrics.augrc(constant, correct) == pytest.approx(0.15)
 
-    def test_e_aurc(self):
-        confidence, correct = random_case(7)
-        assert metrics.e_aurc(correct.astype(float), correct) == 0.0
-        assert metrics.e_aurc(confidence, correct) > 0
-        # Oracle AURC by hand: 2 correct then 1 wrong.
+    @pytest.mark.parametrize(
+        "seed,levels", [(7, None), (8, 10), (9, 2), (10, 1)]
+    )
+    def test_aurc_and_e_aurc_by_hand(self, seed, levels):
+        confidence, correct = random_case(seed, n=300, levels=levels)
+        expected = aurc_by_hand(confidence, correct)
+        best = optimal_aurc(correct)
+        assert metrics.aurc(confidence, correct) == pytest.approx(
+            expected, abs=1e-9
+        )
+        assert metrics.e_aurc(confidence, correct) == pytest.approx(
+            expected - best, abs=1e-9
+        )
+        assert metrics.e_aurc(confidence, correct) > 0.01
+        # The oracle's AURC is the definition applied to the ideal ranking,
+        # and tends to Geifman et al.'s r + (1 - r) ln(1 - r) from above
+        # (the gap is about r / 2n).
+        assert aurc_by_hand(correct, correct) == pytest.approx(best, abs=1e-12)
+        r = 1 - correct.mean()
+        continuous = r + (1 - r) * math.log(1 - r)
+        assert 0 <= best - continuous <= 1 / len(correct)
+
+    def test_e_aurc_hand_cases(self):
+        # Any score that ranks every correct input first is optimal.
+        confidence, correct = random_case(11)
+        separated = confidence + 100 * correct
+        assert metrics.e_aurc(separated, correct) == pytest.approx(
+            0.0, abs=1e-12
+        )
+        # Constant score: AURC 1/3 (the error rate); oracle: 2 correct
+        # then 1 wrong, risks 0, 0, 1/3.
         assert metrics.e_aurc([0, 0, 0], [1, 1, 0]) == pytest.approx(
             (1 / 3) - (1 / 3) / 3
+        )
+        # Worst order: risks 1, 1/2, 1/3; oracle 0, 0, 1/3.
+        assert metrics.e_aurc([3, 2, 1], [0, 1, 1]) == pytest.approx(
+            (1 + 1 / 2 + 1 / 3) / 3 - (1 / 3) / 3
         )
 
     def test_selective_risk_and_coverage(self):
@@ -268,6 +373,30 @@ class TestSelective:
             metrics.coverage_at_risk(confidence, correct, 1.5)
         with pytest.raises(ValueError, match="coverage"):
             metrics.selective_risk_at_coverage(confidence, correct, 0)
+
+    @pytest.mark.parametrize("levels", [None, 2])
+    def test_selective_brute_force(self, levels):
+        confidence, correct = random_case(15, n=150, levels=levels)
+        values = sorted(set(confidence.tolist()), reverse=True)
+        accepted = [confidence >= value for value in values]
+        coverages = [mask.mean() for mask in accepted]
+        risks = [np.mean(~correct[mask]) for mask in accepted]
+        curve = metrics.risk_coverage_curve(confidence, correct)
+        np.testing.assert_allclose(curve[0], coverages, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(curve[1], risks, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(curve[2], values)
+        for target in (0.1, 0.5, 0.9, 1.0):
+            first = next(
+                i for i, c in enumerate(coverages) if c >= target - 1e-12
+            )
+            assert metrics.selective_risk_at_coverage(
+                confidence, correct, target
+            ) == pytest.approx(risks[first], abs=1e-12)
+        for risk in (0.0, 0.05, 0.1, 0.3, 1.0):
+            allowed = [c for c, r in zip(coverages, risks) if r <= risk + 1e-12]
+            assert metrics.coverage_at_risk(
+                confidence, correct, risk
+            ) == pytest.approx(max(allowed, default=0.0), abs=1e-12)
 
 
 class TestValue:
@@ -310,6 +439,35 @@ class TestValue:
         threshold, value = metrics.best_rejection_threshold([2, 1], [0, 0])
         assert threshold == np.inf and value == 0.0
 
+    @pytest.mark.parametrize("levels", [None, 3])
+    def test_value_brute_force(self, levels):
+        # Costs in halves: twice the total value is an integer, so ties in
+        # value are exact.
+        confidence, correct = random_case(16, n=120, levels=levels)
+        costs = {"reward": 1.0, "error_cost": 4.0, "rejection_cost": 0.5}
+        candidates = [np.inf] + sorted(set(confidence.tolist()), reverse=True)
+        twice_totals = []
+        for threshold in candidates:
+            accepted = confidence >= threshold
+            twice_totals.append(
+                2 * np.sum(accepted & correct)
+                - 8 * np.sum(accepted & ~correct)
+                - np.sum(~accepted)
+            )
+        values = np.array(twice_totals) / (2 * len(confidence))
+        thresholds, curve, _ = metrics.value_curve(confidence, correct, **costs)
+        np.testing.assert_array_equal(thresholds, candidates)
+        np.testing.assert_allclose(curve, values, rtol=0, atol=1e-12)
+        # The best: the largest total, accepting the most among equals.
+        best = max(range(len(candidates)), key=lambda i: (twice_totals[i], i))
+        assert metrics.best_rejection_threshold(
+            confidence, correct, **costs
+        ) == (candidates[best], pytest.approx(values[best], abs=1e-12))
+        for index in range(1, len(candidates), 7):
+            assert metrics.rejection_value(
+                confidence, correct, candidates[index], **costs
+            ) == pytest.approx(values[index], abs=1e-12)
+
     def test_bad_costs(self):
         with pytest.raises(ValueError, match="error_cost"):
             metrics.value_curve([1, 2], [1, 0], error_cost=-1)
@@ -340,7 +498,9 @@ class TestOOD:
         assert result["ood_fpr95"] == pytest.approx(
             np.mean(outside >= threshold)
         )
-        assert 0.5 < result["ood_detection_rate"] < 1.0
+        assert result["ood_detection_rate"] == pytest.approx(
+            detection_rate_by_hand(scores, labels), abs=1e-12
+        )
 
     def test_separable_and_identical(self):
         result = metrics.ood_metrics([3.0, 2.0], [1.0, 0.0])

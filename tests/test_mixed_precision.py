@@ -23,8 +23,10 @@ def test_train_and_predict(policy, digits):
     compute_dtype = policy.split("_")[1]
     tac = keras_tac.TACModel(make_cnn(), train_base=True, seed=1)
     assert tac.base_model.dtype_policy.compute_dtype == compute_dtype
-    assert tac.profile_layers[0].dtype_policy.compute_dtype == compute_dtype
-    assert tac.code_matching.dtype_policy.name == "float32"
+    assert (
+        tac.head.profile_layers[0].dtype_policy.compute_dtype == compute_dtype
+    )
+    assert tac.head.code_matching.dtype_policy.name == "float32"
     tac.compile(optimizer=keras.optimizers.Adam(1e-3))
     if policy == "mixed_float16":
         assert isinstance(tac.optimizer, keras.optimizers.LossScaleOptimizer)

@@ -83,7 +83,7 @@ def snapshot(model):
             (layer.name, layer.trainable)
             for layer in [model, model.base_model]
             + model.base_model.layers
-            + model.profile_layers
+            + model.head.profile_layers
         ],
         "compiled": model.compiled,
         "optimizer_object": id(model.optimizer),

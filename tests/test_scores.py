@@ -8,7 +8,7 @@ from scipy import special
 
 import keras_tac
 from keras_tac import scores
-from keras_tac.src.scores.features import FeatureBatch
+from keras_tac.src.features import FeatureBatch
 
 
 def synthetic_batch(pooled, num_classes=3, base_output=None):
@@ -19,9 +19,6 @@ def synthetic_batch(pooled, num_classes=3, base_output=None):
     return FeatureBatch(
         base_output=base_output,
         probabilities=False,
-        profile=np.zeros((rows, 4), "float32"),
-        codes=np.ones((num_classes, 4), "float32"),
-        default_score="distance",
         pooled=pooled,
     )
 
@@ -298,9 +295,10 @@ class TestFitAndSave:
             pooled, base_output=rng.normal(size=(40, 3)).astype("float32")
         )
         batch.profile = rng.normal(size=(40, 4)).astype("float32")
-        batch.codes = np.array(
+        codes = np.array(
             [[1, 1, -1, -1], [1, -1, 1, -1], [-1, 1, 1, -1]], "float32"
         )
+        batch.inner_products = batch.profile @ codes.T
         all_scorers = [
             scores.MaxSoftmaxProbability(),
             scores.MaxLogit(name="logit"),

@@ -102,6 +102,60 @@ class TestRiskBound(NumpyTests):
             thresholds.risk_upper_bound(1, 5, 1.0)
 
 
+def sgr_oracle(confidence, correct, target_risk, delta):
+    """Reference SGR, written independently of `keras_tac`: a plain loop
+    over every distinct finite confidence from the lowest (full coverage)
+    up, candidate `j` of `m` bounded at level `delta / (j * H_m)` with the
+    Clopper-Pearson bound as a Beta quantile. `None` if none meets the
+    target."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct).astype(bool)
+    finite = np.isfinite(confidence)
+    candidates = sorted(set(confidence[finite].tolist()))
+    harmonic = sum(1 / j for j in range(1, len(candidates) + 1))
+    for j, threshold in enumerate(candidates, start=1):
+        accepted = finite & (confidence >= threshold)
+        num_accepted = int(accepted.sum())
+        num_errors = int((accepted & ~correct).sum())
+        level = 1 - delta / (j * harmonic)
+        if num_errors == num_accepted:
+            bound = 1.0
+        else:
+            bound = stats.beta.ppf(
+                level, num_errors + 1, num_accepted - num_errors
+            )
+        if bound <= target_risk:
+            return {
+                "threshold": threshold,
+                "risk_bound": bound,
+                "selective_risk": num_errors / num_accepted,
+                "coverage": num_accepted / len(confidence),
+                "feasible": True,
+            }
+    return None
+
+
+def assert_matches_oracle(result, expected):
+    if expected is None:
+        assert result == {
+            "threshold": math.inf,
+            "risk_bound": pytest.approx(math.nan, nan_ok=True),
+            "selective_risk": pytest.approx(math.nan, nan_ok=True),
+            "coverage": 0.0,
+            "feasible": False,
+        }
+        return
+    assert result["feasible"] is True
+    assert result["threshold"] == expected["threshold"]
+    assert result["coverage"] == expected["coverage"]
+    assert result["selective_risk"] == pytest.approx(
+        expected["selective_risk"], abs=1e-12
+    )
+    assert result["risk_bound"] == pytest.approx(
+        expected["risk_bound"], rel=1e-9
+    )
+
+
 class TestSGR(NumpyTests):
     def test_finds_a_guaranteed_threshold(self):
         confidence = np.arange(1000) / 1000
@@ -114,14 +168,113 @@ class TestSGR(NumpyTests):
             np.mean(~correct[accepted])
         )
         assert result["risk_bound"] <= 0.05
-        steps = math.ceil(math.log2(1000))
+        # The threshold is candidate j = 1000 * (1 - coverage) + 1 from the
+        # bottom, bounded at level delta / (j * H_1000).
+        rank = round(1000 * (1 - result["coverage"])) + 1
+        harmonic = np.sum(1 / np.arange(1, 1001))
         assert result["risk_bound"] == pytest.approx(
             thresholds.risk_upper_bound(
-                np.sum(~correct[accepted]), accepted.sum(), 0.05 / steps
+                np.sum(~correct[accepted]),
+                accepted.sum(),
+                0.05 / (rank * harmonic),
             )
         )
-        # Close to the best possible: 900 correct and at most ~2% errors.
-        assert 0.85 < result["coverage"] <= 0.95
+        # The next lower candidate fails the target.
+        lower = confidence >= result["threshold"] - 0.001
+        assert (
+            thresholds.risk_upper_bound(
+                np.sum(~correct[lower]),
+                lower.sum(),
+                0.05 / ((rank - 1) * harmonic),
+            )
+            > 0.05
+        )
+        # Close to the best possible: 900 correct and at most ~3% errors.
+        assert 0.9 < result["coverage"] <= 0.95
+
+    @pytest.mark.parametrize("n,coverage", [(20, 0.0), (60, 1.0)])
+    def test_all_correct_reaches_full_coverage(self, n, coverage):
+        # Full coverage is candidate j = 1: with no error in n, its bound
+        # is 1 - (delta / H_n)^(1 / n), ~0.19 for n = 20 (above the target:
+        # no candidate can do better) and ~0.073 for n = 60.
+        confidence = np.random.default_rng(n).random(n)
+        result = thresholds.risk_threshold(confidence, np.ones(n, bool), 0.1)
+        harmonic = np.sum(1 / np.arange(1, n + 1))
+        full_bound = 1 - (0.05 / harmonic) ** (1 / n)
+        assert result["coverage"] == coverage
+        assert result["feasible"] == (full_bound <= 0.1)
+        if result["feasible"]:
+            assert result["threshold"] == confidence.min()
+            assert result["risk_bound"] == pytest.approx(full_bound)
+
+    @pytest.mark.parametrize("n", [20, 60, 200, 1000])
+    @pytest.mark.parametrize("delta", [0.05, 0.2])
+    def test_all_correct_matches_oracle(self, n, delta):
+        confidence = np.random.default_rng(n).random(n)
+        correct = np.ones(n, bool)
+        result = thresholds.risk_threshold(confidence, correct, 0.1, delta)
+        expected = sgr_oracle(confidence, correct, 0.1, delta)
+        assert_matches_oracle(result, expected)
+        if n >= 60:
+            assert result["coverage"] == 1.0
+
+    @pytest.mark.parametrize(
+        "seed,levels,target,delta,feasible",
+        [
+            (0, None, 0.05, 0.05, True),
+            (1, 20, 0.05, 0.05, True),
+            (2, 100, 0.1, 0.01, True),
+            (3, 10, 0.1, 0.2, True),
+            (4, None, 0.2, 0.1, True),
+            (5, 50, 0.03, 0.05, False),
+            (6, 5, 0.15, 0.05, True),
+        ],
+    )
+    def test_random_data_matches_oracle(
+        self, seed, levels, target, delta, feasible
+    ):
+        # Errors concentrated at low confidence, ties from rounding, and a
+        # few NaN confidences (never accepted).
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(300, 800))
+        confidence = rng.random(n)
+        correct = rng.random(n) >= 0.9 * (1 - confidence) ** 4
+        if levels:
+            confidence = np.round(confidence * levels) / levels
+        confidence[rng.random(n) < 0.03] = np.nan
+        result = thresholds.risk_threshold(confidence, correct, target, delta)
+        expected = sgr_oracle(confidence, correct, target, delta)
+        assert_matches_oracle(result, expected)
+        # Not trivial: the feasible cases stop strictly inside the data.
+        assert result["feasible"] == feasible
+        assert 0.0 < result["coverage"] < 1.0 or not feasible
+        # 0/1 integers are the same booleans.
+        assert thresholds.risk_threshold(
+            confidence, correct.astype(int), target, delta
+        ) == pytest.approx(result, nan_ok=True)
+
+    def test_full_coverage_despite_wrong_top(self):
+        # The 10 most confident inputs are wrong: every threshold above the
+        # lowest has a higher risk, but full coverage (10 errors in 1000)
+        # meets the target, and the search starts there.
+        confidence = np.arange(1000) / 1000
+        correct = np.arange(1000) < 990
+        result = thresholds.risk_threshold(confidence, correct, 0.03)
+        assert result["coverage"] == 1.0 and result["threshold"] == 0.0
+        assert_matches_oracle(
+            result, sgr_oracle(confidence, correct, 0.03, 0.05)
+        )
+
+    def test_ties_are_accepted_together(self):
+        confidence = np.repeat([0.2, 0.5, 0.9], [100, 300, 300])
+        correct = np.ones(700, bool)
+        correct[:30] = False  # 30% wrong at 0.2
+        result = thresholds.risk_threshold(confidence, correct, 0.05)
+        assert result["threshold"] == 0.5
+        assert result["coverage"] == 600 / 700
+        assert_matches_oracle(
+            result, sgr_oracle(confidence, correct, 0.05, 0.05)
+        )
 
     def test_infeasible(self):
         confidence = np.linspace(0, 1, 50)
@@ -129,32 +282,44 @@ class TestSGR(NumpyTests):
         result = thresholds.risk_threshold(confidence, correct, 0.01)
         assert not result["feasible"]
         assert result["threshold"] == np.inf and result["coverage"] == 0.0
+        assert math.isnan(result["risk_bound"])
+        assert math.isnan(result["selective_risk"])
 
     def test_non_finite_never_accepted(self):
-        confidence = np.concatenate([np.arange(200) / 200, [np.nan] * 20])
-        correct = np.ones(220, bool)
+        confidence = np.concatenate(
+            [np.arange(200) / 200, [np.nan, np.inf, -np.inf] * 10]
+        )
+        correct = np.ones(230, bool)
         result = thresholds.risk_threshold(confidence, correct, 0.1)
-        assert result["feasible"] and result["coverage"] <= 200 / 220
+        # Every finite input, the non-finite ones in the denominator.
+        assert result["feasible"] and result["coverage"] == 200 / 230
+        assert result["threshold"] == 0.0
 
     def test_guarantee_holds_in_simulation(self):
-        # Confidence c ~ U(0, 1), wrong with probability 1 - c: the true
-        # risk of accepting c >= t is (1 - t) / 2.
+        # Confidence c ~ U(0, 1), wrong with probability 0.9 (1 - c)^8: the
+        # true risk of accepting c >= t is
+        # E[0.9 (1 - c)^8 | c >= t] = 0.1 (1 - t)^8, above the target 0.05
+        # below t = 1 - 0.5^(1/8) ~ 0.083 (ideal coverage ~0.917).
         rng = np.random.default_rng(0)
-        target, delta, trials = 0.1, 0.1, 300
+        target, delta, draws, n = 0.05, 0.1, 400, 400
         violations = 0
         coverages = []
-        for _ in range(trials):
-            confidence = rng.random(400)
-            correct = rng.random(400) < confidence
+        for _ in range(draws):
+            confidence = rng.random(n)
+            correct = rng.random(n) >= 0.9 * (1 - confidence) ** 8
             result = thresholds.risk_threshold(
                 confidence, correct, target, delta
             )
             if result["feasible"]:
-                violations += (1 - result["threshold"]) / 2 > target
+                true_risk = 0.1 * (1 - result["threshold"]) ** 8
+                violations += true_risk > target
                 coverages.append(result["coverage"])
-        assert violations / trials <= delta
-        # It is useful, not only safe: the ideal coverage is 0.2.
-        assert np.mean(coverages) > 0.1
+        slack = 3 * math.sqrt(delta * (1 - delta) / draws)
+        assert violations / draws <= delta + slack
+        # Useful, not only safe: feasible in most draws, at a coverage
+        # not far below the ideal one.
+        assert len(coverages) >= 0.9 * draws
+        assert np.mean(coverages) > 0.65
 
     @pytest.mark.parametrize(
         "kwargs,match",
@@ -169,6 +334,33 @@ class TestSGR(NumpyTests):
             thresholds.risk_threshold([0.1, 0.2], [True, False], **kwargs)
         with pytest.raises(ValueError, match="correct"):
             thresholds.risk_threshold([0.1, 0.2], [True], 0.1)
+        with pytest.raises(ValueError, match="no finite"):
+            thresholds.risk_threshold([np.nan, np.nan], [True, False], 0.1)
+
+    @pytest.mark.parametrize(
+        "correct",
+        [[3] * 10, [0, 2] * 5, [0.5] * 10, [1.0, np.nan] * 5, ["yes"] * 10],
+    )
+    def test_correct_must_be_binary(self, correct):
+        # Class labels (all 3s would otherwise count as all correct),
+        # probabilities and strings are refused.
+        with pytest.raises(ValueError, match="`correct`.*0/1"):
+            thresholds.risk_threshold(np.arange(10.0), correct, 0.1)
+
+    @pytest.mark.parametrize(
+        "correct",
+        [
+            np.arange(100) >= 10,
+            (np.arange(100) >= 10).astype("int32"),
+            (np.arange(100) >= 10).astype("uint8"),
+            (np.arange(100) >= 10).astype("float32"),
+            (np.arange(100) >= 10).tolist(),
+            [int(i >= 10) for i in range(100)],
+        ],
+    )
+    def test_binary_correct_accepted(self, correct):
+        result = thresholds.risk_threshold(np.arange(100.0), correct, 0.08)
+        assert result["threshold"] == 10.0 and result["coverage"] == 0.9
 
 
 @pytest.fixture
@@ -202,28 +394,47 @@ class TestCalibrate:
         assert summary["tpr"] >= 0.95 and summary["coverage"] >= 0.95
         assert digits_tac.threshold == summary["threshold"]
 
-    def test_target_risk_and_save_load(self, digits_tac, digits, tmp_path):
-        # The untrained TAC's score is barely related to correctness (SGR's
-        # binary search assumes risk falls as the threshold rises), so the
-        # target is loose; `TestSGR` checks the maths.
-        _, (x, y) = digits
-        summary = digits_tac.calibrate(
-            x, y, target_risk=0.8, delta=0.1, verbose=0
+    def test_target_risk_and_save_load(self, trained_cnn, digits, tmp_path):
+        # A TAC trained for one epoch, so that its confidence ranks errors;
+        # three calibration inputs are non-finite (never accepted, but
+        # counted in the coverage).
+        (x_train, y_train), (x, y) = digits
+        tac = keras_tac.TACModel(trained_cnn, seed=1)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        tac.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+        x = x.copy()
+        x[:3, 0, 0, 0] = np.nan
+        outputs = tac.predict(x, verbose=0)
+        finite = np.isfinite(x).all(axis=(1, 2, 3))
+        confidence = np.where(finite, outputs["confidence"], np.nan)
+        correct = outputs["prediction"] == y
+        # The base accuracy differs between backends: take the lowest
+        # target on a grid whose threshold lies strictly inside the data.
+        inside = []
+        for target in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
+            result = thresholds.risk_threshold(confidence, correct, target, 0.1)
+            if 0.0 < result["coverage"] < 1.0:
+                inside.append(target)
+        assert inside, "no target gives a threshold inside the data"
+        target = inside[0]
+        expected = thresholds.risk_threshold(confidence, correct, target, 0.1)
+        assert_matches_oracle(
+            expected, sgr_oracle(confidence, correct, target, 0.1)
         )
-        assert summary["risk_bound"] <= 0.8 and summary["delta"] == 0.1
-        confidence = digits_tac.predict(x, verbose=0)["confidence"]
-        expected = thresholds.risk_threshold(
-            confidence,
-            digits_tac.predict(x, verbose=0)["prediction"] == y,
-            0.8,
-            0.1,
+        summary = tac.calibrate(x, y, target_risk=target, delta=0.1, verbose=0)
+        assert summary["threshold"] == expected["threshold"]
+        assert tac.threshold == pytest.approx(expected["threshold"])
+        assert summary["risk_bound"] == expected["risk_bound"]
+        assert summary["coverage"] == expected["coverage"]
+        assert summary["selective_accuracy"] == pytest.approx(
+            1 - expected["selective_risk"]
         )
-        assert summary["threshold"] == pytest.approx(expected["threshold"])
-        assert 1 - summary["selective_accuracy"] <= summary["risk_bound"]
+        assert summary["accuracy"] == pytest.approx(correct.mean())
+        assert summary["delta"] == 0.1
         path = os.path.join(tmp_path, "tac.keras")
-        digits_tac.save(path)
+        tac.save(path)
         restored = keras.saving.load_model(path)
-        assert restored.threshold == digits_tac.threshold
+        assert restored.threshold == tac.threshold
         np.testing.assert_array_equal(
             restored.predict_with_rejection(x, verbose=0)["accepted"],
             confidence >= summary["threshold"],

@@ -5,5 +5,8 @@ from keras_tac.src.layers.code_matching import CodeMatching
 from keras_tac.src.layers.code_matching import code_distances
 from keras_tac.src.layers.slice_reduce import SliceReduce
 from keras_tac.src.layers.slice_reduce import slice_indices
+from keras_tac.src.layers.tac_head import TACHead
+from keras_tac.src.layers.tac_head import class_scores
+from keras_tac.src.layers.tac_head import score_of
 from keras_tac.src.layers.tap_pooling import TapPooling
 from keras_tac.src.layers.tap_projection import TapProjection

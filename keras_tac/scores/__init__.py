@@ -6,12 +6,12 @@ model so that comparisons are fair. Every score is "higher = more
 confident". See `keras_tac.compare_scores` for a report.
 """
 
+from keras_tac.src.features import FeatureBatch
+from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.scores.compute import compute_scores
 from keras_tac.src.scores.compute import default_scorers
 from keras_tac.src.scores.compute import fit_scorers
 from keras_tac.src.scores.deep_knn import DeepKNN
-from keras_tac.src.scores.features import FeatureBatch
-from keras_tac.src.scores.features import FeatureExtractor
 from keras_tac.src.scores.logit_scores import Energy
 from keras_tac.src.scores.logit_scores import MaxLogit
 from keras_tac.src.scores.logit_scores import MaxSoftmaxProbability

@@ -11,8 +11,8 @@ import numpy as np
 from keras_tac.src import metrics
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.scores import compute
-from keras_tac.src.scores.features import FeatureExtractor
 
 # name: (higher is better, description). Order = column order.
 ERROR_METRICS = {

@@ -3,11 +3,13 @@ for TF Serving (TensorFlow and JAX backends) or an ONNX file (PyTorch
 backend), both answering prediction, confidence and the accept/reject
 decision in one call."""
 
-import math
 import warnings
 
 import keras
 from keras import ops
+
+from keras_tac.src import keras_internals
+from keras_tac.src import rejection
 
 FORMATS = ("tf_saved_model", "onnx")
 SERVING_OUTPUTS = (
@@ -47,10 +49,8 @@ def serving_outputs(model, inputs, threshold):
     """
     outputs = model(inputs, training=False)
     confidence = ops.cast(outputs["confidence"], "float32")
-    threshold = ops.cast(threshold, "float32")
-    accepted = ops.logical_and(
-        ops.logical_and(outputs["input_is_finite"], ops.isfinite(confidence)),
-        ops.greater_equal(confidence, threshold),
+    accepted = rejection.accept(
+        confidence, outputs["input_is_finite"], threshold
     )
     base_output = ops.cast(outputs["base_output"], "float32")
     if model.base_outputs_probabilities:
@@ -161,16 +161,7 @@ def _resolve_threshold(model, threshold):
                 "`tac.calibrate(x_val, y_val)` first, or pass `threshold=` "
                 "to `export`."
             )
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or math.isnan(threshold)
-    ):
-        raise ValueError(
-            "Invalid `threshold`: expected a number (not NaN). "
-            f"Received: threshold={threshold!r}"
-        )
-    return float(threshold)
+    return rejection.check_threshold(threshold)
 
 
 def _pack(model, flat_inputs):
@@ -250,7 +241,7 @@ def _export_onnx(model, filepath, threshold, verbose, opset_version=None):
     program.save(str(filepath))
     _drop_no_op_squeezes(str(filepath))
     if verbose:
-        print(f"Saved artifact at '{filepath}'.")
+        keras_internals.print_msg(f"Saved artifact at '{filepath}'.")
 
 
 def _drop_no_op_squeezes(path):

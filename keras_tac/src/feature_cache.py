@@ -1,68 +1,68 @@
 """Cached-feature add-on training for `TACModel.fit`.
 
-With a frozen base model (`train_base=False`), inputs the base sees in
-inference mode, and data without random augmentation, the tapped
-activations of an input are the same at every epoch. The only trainable part
-of a TAC add-on (the `ActivationProfile` layers) starts with a weight-free
-global average pooling (`TapPooling`), so the pooled taps are exact inputs
-to the rest of the add-on. `TACModel.fit` then runs the base model once over
-the data, keeps the pooled taps and the base head's output (in memory, or in
-a disk memmap above `MEMORY_BUDGET_BYTES`), and trains the very same profile
-layers on them through the ordinary Keras `fit` (callbacks, history,
-validation, progress bar): an epoch costs the add-on's few small matrix
-products instead of a forward pass of the base.
-
-The cached features are passed to `TACModel.call` as a dict whose keys are
-`BASE_OUTPUT_KEY` and `tap_key(i)`; `call` recognises that structure and
-skips the base model.
+With the base model frozen and run in inference mode, and data without
+random augmentation, the tapped activations of an input are the same at
+every epoch. The trainable part of a TAC add-on, the `TACHead`, starts with
+a weight-free global average pooling, so the pooled taps are exact inputs to
+the rest of it. `TACModel.fit` then runs the base once over the data
+(`FeatureExtractor`), keeps the pooled taps and the base head's output (in
+memory, or in a disk memmap above
+`keras_tac.config.feature_cache_memory_budget()`), and trains the same head
+on them through Keras's own `fit` of a small model around the head (loss,
+metrics, callbacks, history and validation as in the ordinary path): an
+epoch costs the head's few small matrix products instead of a forward pass
+of the base.
 """
 
 import logging
 import math
 import shutil
 import tempfile
-import weakref
 
 import keras
 import numpy as np
 
+from keras_tac.src import config
 from keras_tac.src import jax_backend
-from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src import keras_internals
+from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.streaming import ArrayBatches
 from keras_tac.src.validation import model_inputs
 
-# Cached features larger than this many bytes (training and validation
-# together) go to a memory-mapped file in a temporary directory, removed
-# when `fit` returns. Set `keras_tac.feature_cache.MEMORY_BUDGET_BYTES` to
-# change it.
-MEMORY_BUDGET_BYTES = 1 << 30
-
-BASE_OUTPUT_KEY = "tac_cached_base_output"
-TAP_KEY_PREFIX = "tac_cached_tap_"
+BASE_OUTPUT_KEY = "base_output"
 
 logger = logging.getLogger("keras_tac")
-
-_FEATURE_MODELS = weakref.WeakKeyDictionary()
 
 
 def tap_key(index):
     """The dict key of the pooled features of tap `index`."""
-    return f"{TAP_KEY_PREFIX}{index}"
+    return f"pooled_{index}"
 
 
-def is_cached_features(inputs):
-    """True when `inputs` is a dict of cached features, not model inputs."""
-    return isinstance(inputs, dict) and BASE_OUTPUT_KEY in inputs
+def should_cache(
+    model, x, y, validation_data, cache_features, fit_kwargs, augmentation=None
+):
+    """Whether `fit` trains on cached features, given `cache_features`
+    (`None`: when valid, `True`: required, `False`: never)."""
+    if cache_features not in (None, True, False):
+        raise ValueError(
+            "Invalid `cache_features`: expected None, True or False. "
+            f"Received: cache_features={cache_features!r}"
+        )
+    if cache_features is False:
+        return False
+    reason = reason_not_to_cache(model, x, y, validation_data, fit_kwargs)
+    if augmentation is not None:
+        reason = "`augmentation` transforms the inputs at random each step"
+    if reason is not None and cache_features:
+        raise ValueError(
+            "`cache_features=True` but cached-feature training is not "
+            f"valid here: {reason}."
+        )
+    return reason is None
 
 
-def unpack_cached_features(inputs, num_taps):
-    """`(base_output, [pooled tap 0, ...])` from a dict of cached features."""
-    return inputs[BASE_OUTPUT_KEY], [
-        inputs[tap_key(index)] for index in range(num_taps)
-    ]
-
-
-def reason_not_to_cache(model, x, y, fit_kwargs):
+def reason_not_to_cache(model, x, y, validation_data, fit_kwargs):
     """Why `fit` cannot train on cached features, or `None` when it can.
 
     Caching is exact only when the tapped activations of an input cannot
@@ -70,12 +70,8 @@ def reason_not_to_cache(model, x, y, fit_kwargs):
     the inputs are fixed arrays (a dataset or generator may augment at
     random), and nothing mixes inputs (mixup).
     """
-    if is_cached_features(x):
-        return "`x` already holds cached features"
     if model.train_base:
         return "the base model trains jointly (`train_base=True`)"
-    if model.base_model.trainable_weights:
-        return "the base model has trainable weights"
     if model.mixup_alpha > 0:
         return "mixup (`mixup_alpha > 0`) mixes inputs at random each step"
     if (
@@ -88,6 +84,12 @@ def reason_not_to_cache(model, x, y, fit_kwargs):
             "`x` and `y` are not NumPy arrays or tensors (a dataset or "
             "generator may augment its inputs at random)"
         )
+    if validation_data is not None and not (
+        isinstance(validation_data, (list, tuple))
+        and len(validation_data) in (2, 3)
+        and model_inputs.is_arrays(validation_data[0])
+    ):
+        return "`validation_data` is not a tuple of arrays"
     steps = fit_kwargs.get("steps_per_epoch")
     if steps is not None:
         batch_size = fit_kwargs.get("batch_size") or 32
@@ -102,46 +104,45 @@ def reason_not_to_cache(model, x, y, fit_kwargs):
     return None
 
 
-def fit_on_cached_features(model, fit, x, y, validation_data, fit_kwargs):
-    """Runs `fit` (the Keras `Model.fit` of `model`) on cached features.
+def fit_on_cached_features(model, x, y, validation_data, fit_kwargs):
+    """Trains `model.head` on cached features; returns the `History`.
 
     Args:
-        model: the `TACModel`.
-        fit: `keras.Model.fit` bound to `model`.
-        x, y, validation_data: as given to `TACModel.fit`.
+        model: the `TACModel`, compiled.
+        x, y, validation_data: as given to `TACModel.fit` (arrays).
         fit_kwargs: the other keyword arguments of `fit`.
-
-    Returns:
-        The `History` of `fit`.
     """
     fit_kwargs = dict(fit_kwargs)
-    verbose = fit_kwargs.get("verbose", "auto")
+    verbose = fit_kwargs.pop("verbose", "auto")
     batch_size = fit_kwargs.get("batch_size") or 32
-    validation_arrays = (
-        isinstance(validation_data, (list, tuple))
-        and len(validation_data) in (2, 3)
-        and model_inputs.is_arrays(validation_data[0])
-    )
+    extractor = FeatureExtractor.of(model)
     width = _feature_bytes_per_sample(model)
-    num_samples = _num_samples(x)
-    total = num_samples + (
-        _num_samples(validation_data[0]) if validation_arrays else 0
+    total = _num_samples(x) + (
+        _num_samples(validation_data[0]) if validation_data else 0
     )
-    on_disk = width * total > MEMORY_BUDGET_BYTES
+    on_disk = width * total > config.feature_cache_memory_budget()
     where = "a temporary file" if on_disk else "memory"
     _announce(
-        "TACModel.fit: base model frozen, so the profile layers train on "
-        f"tap features computed once ({total} samples, {width} bytes each, "
-        f"in {where}) instead of re-running the base each step. Pass "
+        "TACModel.fit: base model frozen, so the TAC head trains on tap "
+        f"features computed once ({total} samples, {width} bytes each, in "
+        f"{where}) instead of re-running the base each step. Pass "
         "`cache_features=False` to turn this off.",
         verbose,
     )
     store = _FeatureStore(on_disk)
+    trainer = _HeadTrainer(model)
+    trainer.compile(
+        optimizer=model.optimizer,
+        run_eagerly=model.run_eagerly,
+        jit_compile=model.jit_compile,
+        steps_per_execution=model.steps_per_execution,
+    )
     try:
-        features = store.compute(model, x, batch_size, verbose)
-        if validation_arrays:
+        progress = verbose if verbose in (1, "auto") else 0
+        features = store.compute(extractor, x, batch_size, progress)
+        if validation_data:
             validation_data = (
-                store.compute(model, validation_data[0], batch_size, verbose),
+                store.compute(extractor, validation_data[0], batch_size, 0),
                 *validation_data[1:],
             )
         if on_disk:
@@ -150,29 +151,81 @@ def fit_on_cached_features(model, fit, x, y, validation_data, fit_kwargs):
             )
         else:
             x = features
-        return fit(x, y, validation_data=validation_data, **fit_kwargs)
+        callbacks = keras.callbacks.CallbackList(
+            fit_kwargs.pop("callbacks", None),
+            add_history=True,
+            add_progbar=verbose not in (0, False),
+            verbose=1 if verbose == "auto" else verbose,
+            epochs=fit_kwargs.get("epochs", 1),
+            steps=_steps_per_epoch(x, fit_kwargs),
+            model=model,
+        )
+        with jax_backend.state_synced_through(model, trainer):
+            trainer.fit(
+                x,
+                y,
+                validation_data=validation_data,
+                callbacks=callbacks,
+                verbose=verbose,
+                **fit_kwargs,
+            )
+        return model.history
     finally:
         store.close()
 
 
-def feature_model(model):
-    """A functional model `inputs -> [base output, *pooled taps]`.
+class _HeadTrainer(keras.Model):
+    """The model `fit` trains on cached features: the TAC model's own head,
+    loss and metrics, on `{base_output, pooled_0, ...}` inputs."""
 
-    Built on `model._tap_model` (so it shares the base's weights and runs
-    one forward pass), once per `TACModel`, with one `TapPooling` per tap in
-    the dtype policy of the profile layer's own pooling.
-    """
-    cached = _FEATURE_MODELS.get(model)
-    if cached is not None:
-        return cached
-    source = model._tap_model
-    outputs = [source.outputs[0]]
-    for layer, tap in zip(model.profile_layers, source.outputs[1:]):
-        pooling = TapPooling(dtype=layer.pooling.dtype_policy)
-        outputs.append(pooling(tap))
-    result = keras.Model(source.input, outputs, name="tac_feature_model")
-    _FEATURE_MODELS[model] = result
-    return result
+    def __init__(self, tac):
+        # Not tracked: the base (and its weights) is no part of this model.
+        object.__setattr__(self, "_tac", tac)
+        super().__init__(name=f"{tac.name}_on_cached_features")
+        self.head = tac.head
+        # The code noise's random state, threaded through compiled steps.
+        self.seed_generator = tac.seed_generator
+        self.base_accuracy_tracker = keras.metrics.Mean(name="base_accuracy")
+        self.tac_accuracy_tracker = keras.metrics.Mean(name="tac_accuracy")
+        self.built = True
+
+    # Callbacks see (and stop) the TAC model, not this one.
+    @property
+    def stop_training(self):
+        return self._tac.stop_training
+
+    @stop_training.setter
+    def stop_training(self, value):
+        self._tac.stop_training = value
+
+    @property
+    def history(self):
+        return getattr(self._tac, "history", None)
+
+    def call(self, features, training=False):
+        num_taps = len(self.head.profile_layers)
+        pooled = [features[tap_key(i)] for i in range(num_taps)]
+        outputs = dict(self.head(pooled, training=training))
+        base_output = features[BASE_OUTPUT_KEY]
+        outputs["base_output"] = base_output
+        outputs["prediction"] = keras.ops.cast(
+            keras.ops.argmax(base_output, axis=-1), "int32"
+        )
+        return outputs
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        return self._tac.compute_loss(x, y, y_pred, sample_weight, training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self._tac.update_accuracies(
+            (self.base_accuracy_tracker, self.tac_accuracy_tracker),
+            y,
+            y_pred,
+            sample_weight,
+        )
+        return self.get_metrics_result()
 
 
 class _FeatureStore:
@@ -183,46 +236,28 @@ class _FeatureStore:
         self.directory = None
         self.count = 0
 
-    def compute(self, model, x, batch_size, verbose):
+    def compute(self, extractor, x, batch_size, verbose):
         """Pooled taps and base output of every sample of `x`, streamed."""
-        extractor = feature_model(model)
-        if extractor.jit_compile != model.jit_compile:
-            extractor.jit_compile = model.jit_compile
-            extractor.predict_function = None
-        with jax_backend.inference_compilation():
-            extractor.make_predict_function()
         num_samples = _num_samples(x)
         # Inference keeps no activations for backpropagation, so larger
         # batches than training's fit in the same memory.
         step = max(batch_size, min(256, 4 * batch_size))
-        step = min(step, num_samples)
+        keys = [BASE_OUTPUT_KEY] + [
+            tap_key(i) for i in range(extractor.num_taps)
+        ]
         arrays = None
-        progbar = None
-        if verbose not in (0, False):
-            progbar = keras.utils.Progbar(num_samples, unit_name="sample")
-        for start in range(0, num_samples, step):
-            stop = min(start + step, num_samples)
-            # The last batch is padded to full size: one compiled shape.
-            batch = keras.tree.map_structure(
-                lambda a, start=start, stop=stop: model_inputs.pad_batch(
-                    a[start:stop], step
-                ),
-                x,
-            )
-            outputs = extractor.predict_on_batch(batch)
-            outputs = [
-                keras.ops.convert_to_numpy(o)[: stop - start] for o in outputs
-            ]
+        start = 0
+        for batch in extractor.batches(x, step, verbose, "fit"):
+            values = [batch.base_output, *batch.pooled]
             if arrays is None:
                 arrays = [
-                    self._allocate((num_samples, *o.shape[1:]), o.dtype)
-                    for o in outputs
+                    self._allocate((num_samples, *v.shape[1:]), v.dtype)
+                    for v in values
                 ]
-            for array, output in zip(arrays, outputs):
-                array[start:stop] = output
-            if progbar is not None:
-                progbar.update(stop)
-        keys = [BASE_OUTPUT_KEY] + [tap_key(i) for i in range(len(arrays) - 1)]
+            stop = start + len(batch.base_output)
+            for array, value in zip(arrays, values):
+                array[start:stop] = value
+            start = stop
         return dict(zip(keys, arrays))
 
     def _allocate(self, shape, dtype):
@@ -259,7 +294,7 @@ def _as_batches(features, y, validation_data, fit_kwargs):
             features, y, sample_weight, batch_size, rows=rows[cut:]
         )
         rows = rows[:cut]
-    elif validation_data is not None and is_cached_features(validation_data[0]):
+    elif validation_data is not None:
         val_weight = validation_data[2] if len(validation_data) > 2 else None
         validation_data = ArrayBatches(
             validation_data[0],
@@ -274,28 +309,29 @@ def _as_batches(features, y, validation_data, fit_kwargs):
     return train, None, validation_data, fit_kwargs
 
 
+def _steps_per_epoch(x, fit_kwargs):
+    """The batches per epoch, as Keras's `fit` would count them."""
+    if fit_kwargs.get("steps_per_epoch"):
+        return fit_kwargs["steps_per_epoch"]
+    if isinstance(x, keras.utils.PyDataset):
+        return len(x)
+    num_samples = _num_samples(x)
+    split = fit_kwargs.get("validation_split") or 0.0
+    if split:
+        num_samples = int(math.ceil(num_samples * (1.0 - split)))
+    return math.ceil(num_samples / (fit_kwargs.get("batch_size") or 32))
+
+
 def _announce(message, verbose):
     if verbose in (0, False):
         logger.info(message)
     else:
-        print(message)
+        keras_internals.print_msg(message)
 
 
 def _feature_bytes_per_sample(model):
-    source = feature_model(model)
-    total = 0
-    for output in source.outputs:
-        size = int(np.prod(output.shape[1:]))
-        total += size * _itemsize(output.dtype)
-    return total
-
-
-def _itemsize(dtype):
-    try:
-        return np.dtype(keras.backend.standardize_dtype(dtype)).itemsize
-    except TypeError:
-        # bfloat16 and other types NumPy does not know.
-        return 2 if "16" in str(dtype) else 4
+    widths = [layer.input_width for layer in model.head.profile_layers]
+    return 4 * (model.num_classes + sum(widths))
 
 
 def _num_samples(x):

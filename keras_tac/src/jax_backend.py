@@ -9,13 +9,12 @@ Two things, both no-ops on TensorFlow and PyTorch:
 
 Why the compiler options: XLA:CPU (jaxlib 0.10) compiles a classifier with
 one output into a single YNNPACK kernel, but once intermediate tensors (the
-taps) are outputs too, it splits the network into about 17 kernels with XLA's
+taps) are outputs too, it splits the network into many kernels with XLA's
 slower elementwise code between them. Letting YNNPACK also fuse the
-elementwise, dot and reduce operations keeps the split network fast: on the
-example CNN, `predict_with_rejection` went from 2.0x to about 1.2x the base's
-`predict` (benchmarks/, figure 1), with bit-identical outputs.
+elementwise, dot and reduce operations keeps the split network fast, with
+bit-identical outputs (figures in `docs/performance.md`).
 
-Set `keras_tac.jax_backend.XLA_CPU_OPTIONS = None` to compile with JAX's
+`keras_tac.config.set_jax_cpu_inference_fusion(False)` compiles with JAX's
 defaults; a `--xla_cpu_experimental_ynn_fusion_type` in the `XLA_FLAGS`
 environment variable is the user's choice and always wins.
 """
@@ -25,6 +24,9 @@ import functools
 import os
 
 import keras
+
+from keras_tac.src import config
+from keras_tac.src import keras_internals
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -38,8 +40,9 @@ XLA_CPU_OPTIONS = {
 def inference_compiler_options():
     """The XLA options for TAC's inference functions, or `None`.
 
-    `None` unless the backend is JAX on a CPU, `XLA_CPU_OPTIONS` is set and
-    `XLA_FLAGS` does not choose the YNNPACK fusions itself.
+    `None` unless the backend is JAX on a CPU, the fusion is enabled
+    (`keras_tac.config.jax_cpu_inference_fusion()`) and `XLA_FLAGS` does
+    not choose the YNNPACK fusions itself.
 
     Example:
 
@@ -47,7 +50,10 @@ def inference_compiler_options():
     >>> options is None or YNN_FUSION_OPTION in options
     True
     """
-    if keras.backend.backend() != "jax" or not XLA_CPU_OPTIONS:
+    if (
+        keras.backend.backend() != "jax"
+        or not config.jax_cpu_inference_fusion()
+    ):
         return None
     import jax
 
@@ -64,9 +70,7 @@ def inference_compilation():
     `inference_compiler_options()`.
 
     Use it around `make_predict_function` / `make_test_function` (forward
-    passes only: the training step keeps JAX's defaults). It swaps the
-    `jit` that Keras's trainer module calls and puts it back on exit; where
-    that is not `jax.jit` (Flax NNX) nothing changes.
+    passes only: the training step keeps JAX's defaults).
 
     Example:
 
@@ -79,17 +83,10 @@ def inference_compilation():
         yield
         return
     import jax
-    from keras.src.backend.jax import trainer
 
-    original = getattr(trainer, "jit", None)
-    if original is not jax.jit:
+    jit = functools.partial(jax.jit, compiler_options=options)
+    with keras_internals.jax_trainer_jit(jit):
         yield
-        return
-    trainer.jit = functools.partial(jax.jit, compiler_options=options)
-    try:
-        yield
-    finally:
-        trainer.jit = original
 
 
 @contextlib.contextmanager
@@ -117,3 +114,27 @@ def state_kept(model):
             if getattr(variable, "_value", None) is None:
                 variable.assign(value)
         raise
+
+
+@contextlib.contextmanager
+def state_synced_through(model, trainer):
+    """While `trainer` trains layers of `model`, syncing `model`'s JAX state
+    syncs the trainer's.
+
+    Keras's JAX trainer keeps the variables' values out of the layers
+    between the steps of an epoch; a callback reads them after calling its
+    model's `jax_state_sync`. Callbacks of the cached-feature `fit` hold the
+    TAC model, whose layers the head trainer is training.
+    """
+    if keras.backend.backend() != "jax":
+        yield
+        return
+
+    def sync():
+        trainer.jax_state_sync()
+
+    object.__setattr__(model, "jax_state_sync", sync)
+    try:
+        yield
+    finally:
+        object.__delattr__(model, "jax_state_sync")

@@ -25,6 +25,7 @@ import numpy as np
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.validation.checks import check_binary
 
 # Slack when comparing a fraction against a target (0.95 * n can be
 # 18.999999999999996 in floating point).
@@ -606,18 +607,7 @@ def _check_scores(scores, labels, both_classes=False):
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.shape != scores.shape:
-        raise ValueError(
-            "Invalid labels: expected one boolean per score, shape "
-            f"{scores.shape}. Received shape {labels.shape}"
-        )
-    if labels.dtype != bool:
-        if labels.dtype.kind not in "biuf" or not np.isin(labels, (0, 1)).all():
-            raise ValueError(
-                "Invalid labels: expected booleans or 0/1 values. "
-                f"Received values {np.unique(labels)[:5].tolist()}"
-            )
-        labels = labels.astype(bool)
+    labels = check_binary("labels", labels, shape=scores.shape)
     if both_classes and (labels.all() or not labels.any()):
         raise ValueError(
             "Undefined with a single class: expected both positive and "

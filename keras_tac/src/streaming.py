@@ -102,3 +102,15 @@ def _as_array(data):
     if data is None or hasattr(data, "shape"):
         return data
     return np.asarray(data)
+
+
+def batches_for_evaluate(x, y, evaluate_kwargs):
+    """`(x, y, kwargs)` for `keras.Model.evaluate`, streamed one batch at a
+    time where `should_stream(x)` (memory flat in the number of samples)."""
+    if not should_stream(x) or evaluate_kwargs.get("_use_cached_eval_dataset"):
+        return x, y, evaluate_kwargs
+    kwargs = dict(evaluate_kwargs)
+    batches = ArrayBatches(
+        x, y, kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None)
+    )
+    return batches, None, kwargs

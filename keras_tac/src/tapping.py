@@ -7,8 +7,11 @@ weights are shared), and swaps each nested sub-model that holds a tap for a
 copy that also returns the tapped tensor.
 """
 
+import warnings
+
 import keras
 
+from keras_tac.src import keras_internals
 from keras_tac.src.api_export import keras_tac_export
 
 
@@ -75,7 +78,7 @@ def resolve_taps(model, tap_layers):
                 f"Ambiguous tap layer: the {description} matches "
                 f"{[path for path, _ in matches]}. Give the full path."
             )
-        if matches[0][1] is _output_layer(model):
+        if matches[0][1] is keras_internals.output_layer(model):
             raise ValueError(
                 f"Invalid tap layer {matches[0][0]!r}: it is the base model's "
                 "output layer. Tap intermediate layers."
@@ -100,7 +103,7 @@ def default_tap_layers(model, max_taps=4):
     scalar-per-sample outputs are skipped. The last `max_taps` stage ends
     are kept: at most 4 taps, like the reference's 4 conv blocks.
     """
-    output_layer = _output_layer(model)
+    output_layer = keras_internals.output_layer(model)
     stage_ends = []
     previous_key = None
     for path, layer in layer_paths(model):
@@ -201,16 +204,9 @@ def _model_inputs(model):
 
 
 def _is_graph_model(model):
-    return isinstance(model, keras.Sequential) or hasattr(
-        model, "_run_through_graph"
+    return isinstance(model, keras.Sequential) or (
+        keras_internals.is_functional(model)
     )
-
-
-def _output_layer(model):
-    if isinstance(model, keras.Sequential):
-        return model.layers[-1] if model.layers else None
-    history = getattr(model.outputs[0], "_keras_history", None)
-    return history[0] if history else None
 
 
 def _output_shape(layer):
@@ -221,3 +217,87 @@ def _output_shape(layer):
     if isinstance(output, (list, tuple, dict)):
         return None
     return tuple(output.shape)
+
+
+def check_base_model(base_model, train_base=False):
+    """Checks that `base_model` is a built Functional or Sequential classifier
+    with one `(batch, num_classes >= 2)` output, trainable if it must train."""
+    if not isinstance(base_model, keras.Model):
+        raise TypeError(
+            "Invalid `base_model`: expected a built keras.Model (Functional "
+            f"or Sequential). Received: {type(base_model).__name__}"
+        )
+    if not (
+        isinstance(base_model, keras.Sequential)
+        or keras_internals.is_functional(base_model)
+    ):
+        raise TypeError(
+            "Invalid `base_model`: a subclassed model "
+            f"({type(base_model).__name__}) has no graph of layers to tap, "
+            "built or not. Build it with the functional API "
+            "(`inputs = keras.Input(shape)`, layers called on tensors, "
+            "`keras.Model(inputs, outputs)`) or as a `keras.Sequential`."
+        )
+    if not getattr(base_model, "inputs", None):
+        raise ValueError(
+            f"Invalid `base_model`: model {base_model.name!r} is not built (it "
+            "has no symbolic inputs). Start it with `keras.Input(shape)` or "
+            "call `base_model.build(input_shape)` first."
+        )
+    outputs = base_model.outputs
+    if (
+        len(outputs) != 1
+        or len(outputs[0].shape) != 2
+        or outputs[0].shape[-1] < 2
+    ):
+        raise ValueError(
+            "Invalid `base_model`: expected a classifier with one output of "
+            "shape (batch, num_classes >= 2). Received output shapes "
+            f"{[tuple(o.shape) for o in outputs]}"
+        )
+    if train_base and not base_model.trainable:
+        raise ValueError(
+            "`train_base=True` but `base_model.trainable` is False. Set "
+            "`base_model.trainable = True` or use `train_base=False`."
+        )
+
+
+def build_head(head, tap_model, tap_paths):
+    """Builds a `TACHead` for the tapped tensors of `tap_model`, naming the
+    tapped layer in the error when one is too narrow for the codes."""
+    shapes = [tuple(tensor.shape) for tensor in tap_model.outputs[1:]]
+    for path, shape in zip(tap_paths, shapes):
+        # Checked here too, to name the tapped layer.
+        if shape[-1] is None or shape[-1] < head.block_width:
+            raise ValueError(
+                f"Invalid `num_slices`: tap {path!r} has width {shape[-1]} "
+                f"(output shape {shape}) but each tap needs "
+                f"{head.block_width} slices (code bits) for "
+                f"{head.num_classes} classes with num_slices="
+                f"{head.num_slices}. Tap a wider layer or lower `num_slices`."
+            )
+    head.build(shapes)
+
+
+def ends_in_softmax(model):
+    """Whether the base's output is a softmax, following nested models.
+
+    A `Lambda` at the end cannot be read: it is taken for logits, with a
+    warning naming `base_output=`."""
+    layer = keras_internals.output_layer(model)
+    while isinstance(layer, keras.Model):
+        layer = keras_internals.output_layer(layer)
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    if isinstance(layer, keras.layers.Lambda):
+        warnings.warn(
+            f"TACModel: the base model ends in a Lambda layer "
+            f"({layer.name!r}), so whether it outputs logits or "
+            "probabilities cannot be read from the graph; taken as logits. "
+            "Pass `base_output='probabilities'` if it ends in a softmax, or "
+            "`base_output='logits'` to silence this warning.",
+            stacklevel=3,
+        )
+        return False
+    activation = getattr(layer, "activation", None)
+    return activation is keras.activations.softmax or activation == "softmax"

@@ -25,6 +25,7 @@ from scipy import special
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.validation.checks import check_binary
 
 # Slack when comparing a fraction against a target (0.7 * 10 is
 # 7.000000000000001 in floating point).
@@ -135,20 +136,35 @@ def risk_upper_bound(num_errors, num_accepted, delta):
 def risk_threshold(confidence, correct, target_risk, delta=0.05):
     """Selection with guaranteed risk (SGR, Geifman & El-Yaniv, 2017).
 
-    Binary search over the sorted calibration confidences for the lowest
-    threshold (largest coverage) whose selective risk bound
-    `risk_upper_bound(errors, accepted, delta / k)` is at most
-    `target_risk`, with `k = ceil(log2 n)` search steps (a union bound over
-    the steps, so the guarantee holds for the returned threshold). With
-    probability at least `1 - delta` over the draw of the calibration set
-    (i.i.d. from the deployment distribution), the error rate on future
-    accepted inputs is at most `target_risk`.
+    The candidates are the `m` distinct finite confidences, each a
+    threshold `t` that accepts the inputs with `confidence >= t` (tied
+    inputs are accepted together). Taking them from the lowest (`j = 1`,
+    full coverage) to the highest (`j = m`), candidate `j` gets the risk
+    bound `risk_upper_bound(errors_j, accepted_j, delta_j)` with
+    `delta_j = delta / (j * H_m)` and `H_m = 1 + 1/2 + ... + 1/m`: a
+    weighted union bound (the `delta_j` sum to `delta`) in which full
+    coverage, where a model is usually deployed, pays the least. The
+    result is the lowest candidate (largest coverage) whose bound is at
+    most `target_risk`; every candidate is examined, so a high-risk region
+    between low and high thresholds does not stop the search.
+
+    The guarantee: if the calibration inputs are drawn i.i.d. from the
+    deployment distribution, then with probability at least `1 - delta`
+    over that draw the `m` bounds hold at once, so the true selective risk
+    (error rate among accepted future inputs) at the returned threshold is
+    at most `target_risk`. As in SGR, each candidate's accepted inputs are
+    treated as a binomial sample of its selective distribution (the
+    candidates themselves come from the same data). The guaranteed
+    quantity is the true risk, not `selective_risk`, which is measured on
+    the calibration inputs.
 
     Args:
         confidence: array-like of shape `(n,)`. Higher = more confident;
-            NaN for inputs that are never accepted.
-        correct: array-like of bools of shape `(n,)`, whether the base
-            prediction is right.
+            NaN for inputs that are never accepted (they count in the
+            coverage's denominator).
+        correct: array-like of shape `(n,)`: booleans, or 0/1 integers or
+            floats, whether the base prediction is right (class labels are
+            refused).
         target_risk: float in `(0, 1)`. Largest acceptable error rate among
             accepted inputs.
         delta: float in `(0, 1)`. Allowed probability that the guarantee
@@ -165,53 +181,37 @@ def risk_threshold(confidence, correct, target_risk, delta=0.05):
     >>> confidence = np.arange(1000) / 1000
     >>> correct = np.arange(1000) >= 100  # the 100 least confident are wrong
     >>> result = risk_threshold(confidence, correct, 0.05, delta=0.05)
-    >>> result["feasible"], result["coverage"] > 0.8
+    >>> result["feasible"], result["coverage"] > 0.9
     (True, True)
+    >>> risk_threshold(np.arange(60) / 60, np.ones(60, bool), 0.1)["coverage"]
+    1.0
     """
     validation.check_fraction("target_risk", target_risk, closed=False)
     validation.check_fraction("delta", delta, closed=False)
     confidence, valid = _split_valid(confidence)
-    correct = np.asarray(correct)
-    if correct.shape != confidence.shape:
-        raise ValueError(
-            "Invalid `correct`: expected one boolean per confidence, shape "
-            f"{confidence.shape}. Received shape {correct.shape}"
-        )
-    correct = correct.astype(bool)
+    correct = check_binary("correct", correct, shape=confidence.shape)
     if not valid.any():
         raise ValueError(
             "Invalid `confidence`: no finite value; nothing can be accepted."
         )
-    ranked = np.sort(confidence[valid])
-    num_valid = len(ranked)
-    num_steps = max(1, math.ceil(math.log2(num_valid)))
-    step_delta = delta / num_steps
-    low, high = 0, num_valid - 1
-    best = None
-    evaluated = set()
-    for _ in range(num_steps):
-        middle = math.ceil((low + high) / 2)
-        if middle in evaluated:
-            break
-        evaluated.add(middle)
-        threshold = float(ranked[middle])
-        accepted = valid & (confidence >= threshold)
-        num_accepted = int(accepted.sum())
-        num_errors = int((accepted & ~correct).sum())
-        bound = risk_upper_bound(num_errors, num_accepted, step_delta)
-        if bound <= target_risk:
-            high = middle
-            if best is None or threshold < best["threshold"]:
-                best = {
-                    "threshold": threshold,
-                    "risk_bound": bound,
-                    "selective_risk": num_errors / num_accepted,
-                    "coverage": num_accepted / len(confidence),
-                    "feasible": True,
-                }
-        else:
-            low = middle
-    if best is None:
+    # Candidates in increasing order: candidate j accepts groups j..m.
+    candidates, group = np.unique(confidence[valid], return_inverse=True)
+    num_candidates = len(candidates)
+    group_sizes = np.bincount(group, minlength=num_candidates)
+    group_errors = np.bincount(group[~correct[valid]], minlength=num_candidates)
+    accepted = np.cumsum(group_sizes[::-1])[::-1]
+    errors = np.cumsum(group_errors[::-1])[::-1]
+    ranks = np.arange(1, num_candidates + 1)
+    deltas = delta / (ranks * np.sum(1.0 / ranks))
+    bounds = np.ones(num_candidates)
+    some_right = errors < accepted
+    bounds[some_right] = special.betaincinv(
+        errors[some_right] + 1,
+        accepted[some_right] - errors[some_right],
+        1 - deltas[some_right],
+    )
+    meets = bounds <= target_risk
+    if not meets.any():
         return {
             "threshold": math.inf,
             "risk_bound": math.nan,
@@ -219,7 +219,14 @@ def risk_threshold(confidence, correct, target_risk, delta=0.05):
             "coverage": 0.0,
             "feasible": False,
         }
-    return best
+    best = int(np.argmax(meets))
+    return {
+        "threshold": float(candidates[best]),
+        "risk_bound": float(bounds[best]),
+        "selective_risk": float(errors[best] / accepted[best]),
+        "coverage": float(accepted[best] / len(confidence)),
+        "feasible": True,
+    }
 
 
 def _split_valid(confidence):

@@ -59,6 +59,7 @@ class ActivationProfile(keras.layers.Layer):
         self.slicing = slicing
         self.reduction = reduction
         self.seed = validation.check_seed(seed)
+        self.input_width = None
         self.pooling = TapPooling(dtype=self.dtype_policy, name="pooling")
         self.projector = TapProjection(
             projection, seed=seed, dtype=self.dtype_policy, name="projection"
@@ -79,6 +80,7 @@ class ActivationProfile(keras.layers.Layer):
                 f"with a known channel count. Received shape {input_shape}"
             )
         width = input_shape[-1]
+        self.input_width = width
         if self.num_slices > width:
             raise ValueError(
                 "Invalid `num_slices`: expected a positive int no larger than "

@@ -30,7 +30,7 @@ def labels_to_probabilities(
     if isinstance(labels, (list, tuple)):
         labels = np.asarray(labels)
     if isinstance(labels, np.ndarray):
-        check_labels(labels, num_classes, profile_rank)
+        validation.check_labels(labels, num_classes, where="the TAC loss")
     if static_rank(labels) is None:
         return _labels_of_unknown_rank(
             labels, num_classes, profile_rank, batch_size
@@ -72,46 +72,21 @@ def labels_to_probabilities(
     return _nan_rows(one_hot, valid)
 
 
-def check_labels(labels, num_classes, profile_rank=2):
-    """Raises a `ValueError` naming expected and received for invalid NumPy
-    labels (see `labels_to_probabilities`)."""
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "biuf":
-        raise TypeError(
-            "Invalid labels: expected integer class labels or class "
-            f"probabilities. Received dtype {labels.dtype}"
+def class_indices(labels, num_classes, batch_size):
+    """The class index of each sample, int32 `(batch,)`, from integer
+    labels or class-probability rows (their argmax). Invalid labels are not
+    checked here: the loss has made them NaN."""
+    rank = static_rank(labels)
+    if rank is None:
+        indices = ops.argmax(
+            labels_to_probabilities(labels, num_classes, batch_size=batch_size),
+            axis=-1,
         )
-    values = labels.astype(np.float64)
-    if (
-        labels.ndim == profile_rank
-        and labels.shape[-1] == num_classes
-        and num_classes > 1
-    ):
-        sums = values.sum(axis=-1) if values.size else values
-        if (
-            not np.all(np.isfinite(values))
-            or np.any(values < 0)
-            or np.any(np.abs(sums - 1.0) > PROBABILITY_TOLERANCE)
-        ):
-            raise ValueError(
-                f"Invalid labels: rows of shape (batch, {num_classes}) are "
-                "read as class probabilities; expected finite, non-negative "
-                "values that sum to 1 per row (for integer labels pass shape "
-                f"(batch,)). Received rows summing to {sums[:4].tolist()}"
-            )
-        return
-    bad = ~(
-        np.isfinite(values)
-        & (values >= 0)
-        & (values < num_classes)
-        & (np.floor(values) == values)
-    )
-    if np.any(bad):
-        raise ValueError(
-            "Invalid labels: expected whole numbers in "
-            f"[0, {num_classes - 1}] for {num_classes} classes. Received "
-            f"{int(bad.sum())} invalid label(s), e.g. {values[bad][0]!r}"
-        )
+    elif rank == 2 and labels.shape[-1] == num_classes > 1:
+        indices = ops.argmax(labels, axis=-1)
+    else:
+        indices = ops.reshape(labels, (-1,))
+    return ops.cast(indices, "int32")
 
 
 def static_rank(tensor):
@@ -290,17 +265,26 @@ def loss_from_probabilities(
 class TACLoss(keras.losses.Loss):
     """The TAC objective as a Keras loss: `y_pred` is the activation profile.
 
-    For a model whose output is the concatenated activation profile (for
-    example built from `ActivationProfile` layers with the functional API).
-    See `tac_loss` for the formula. Code noise needs a random state that the
-    model tracks, so it lives in `TACModel(code_noise=...)`, not here.
+    See `tac_loss` for the formula. As a compiled loss (`call`, e.g. for a
+    functional model whose output is the concatenated profile of
+    `ActivationProfile` layers) it is the clean objective. `TACModel`
+    builds one and calls `objective(..., training=True)` in its training
+    step, which also applies the code noise.
 
     Args:
-        codes: array-like of shape `(num_classes, M)` of `+1`/`-1`.
-        temperature: float. Fixed temperature, clamped to `[1e-4, 50]`.
-            Defaults to `10.0`.
+        codes: array-like or tensor of shape `(num_classes, M)` of +1/-1
+            (a tensor or variable is read at each call).
+        temperature: float in `[1e-4, 50]`, or a scalar variable (read at
+            each call and clamped to that range). Defaults to `10.0`.
         cross_entropy_weight: float. Defaults to `1.0`.
         regression_weight: float. Defaults to `10.0`.
+        code_noise: float in `[0, 1)`. Probability of flipping each code
+            entry in the cross-entropy term of `objective(...,
+            training=True)`. Defaults to `0`.
+        seed: int, `keras.random.SeedGenerator` or `None`. The random state
+            of the code noise; a model that trains with noise passes a seed
+            generator it tracks (needed by JAX's compiled steps). Defaults
+            to `None`.
         reduction: str. Keras loss reduction. Defaults to
             `"sum_over_batch_size"`.
         name: str. Defaults to `"tac_loss"`.
@@ -309,7 +293,7 @@ class TACLoss(keras.losses.Loss):
     Example:
 
     >>> import numpy as np
-    >>> from keras_tac.src.codes import class_codes
+    >>> from keras_tac.codes import class_codes
     >>> codes, _ = class_codes(3, num_blocks=1)
     >>> loss = TACLoss(codes)
     >>> float(loss(np.array([2]), codes[2:3].astype("float32"))) < 1e-3
@@ -322,53 +306,103 @@ class TACLoss(keras.losses.Loss):
         temperature=10.0,
         cross_entropy_weight=1.0,
         regression_weight=10.0,
+        code_noise=0.0,
+        seed=None,
         reduction="sum_over_batch_size",
         name="tac_loss",
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        codes = _check_codes(codes)
-        validation.check_number(
-            "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
-        )
+        if isinstance(codes, (np.ndarray, list, tuple)):
+            codes = _check_codes(codes)
+        elif len(codes.shape) != 2:
+            raise ValueError(
+                "Invalid `codes`: expected a tensor of shape (num_classes, "
+                f"code_length). Received shape {tuple(codes.shape)}"
+            )
+        if isinstance(temperature, (int, float, np.number)):
+            validation.check_number(
+                "temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE
+            )
+            temperature = float(temperature)
         validation.check_number("cross_entropy_weight", cross_entropy_weight)
         validation.check_number("regression_weight", regression_weight)
+        validation.check_number("code_noise", code_noise, 0.0, 0.999)
         self.codes = codes
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.cross_entropy_weight = float(cross_entropy_weight)
         self.regression_weight = float(regression_weight)
+        self.code_noise = float(code_noise)
+        if code_noise and not isinstance(seed, keras.random.SeedGenerator):
+            seed = keras.random.SeedGenerator(seed)
+        self.seed = seed
+
+    @property
+    def num_classes(self):
+        return int(self.codes.shape[0])
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras turns `y_true` into a tensor before `call`: check NumPy
         # labels while they can still raise.
         if isinstance(y_true, (np.ndarray, list, tuple)):
-            check_labels(y_true, self.codes.shape[0])
+            validation.check_labels(
+                y_true, self.num_classes, where="the TAC loss"
+            )
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
-        if len(y_pred.shape) != 2 or y_pred.shape[-1] != self.codes.shape[1]:
+        code_length = self.codes.shape[1]
+        if len(y_pred.shape) != 2 or y_pred.shape[-1] != code_length:
             raise ValueError(
                 "TACLoss expected `y_pred` to be the activation profile of "
-                f"shape (batch, {self.codes.shape[1]}). Received shape "
-                f"{y_pred.shape}"
+                f"shape (batch, {code_length}). Received shape {y_pred.shape}"
             )
-        return tac_loss(
-            y_true,
-            y_pred,
-            self.codes,
+        probabilities = labels_to_probabilities(
+            y_true, self.num_classes, batch_size=ops.shape(y_pred)[0]
+        )
+        return self.objective(probabilities, y_pred)
+
+    def objective(self, probabilities, profile, training=False):
+        """The objective per sample, from class probabilities.
+
+        Args:
+            probabilities: float tensor `(batch, num_classes)`, e.g. from
+                `labels_to_probabilities` (rows of NaN mark invalid labels
+                and make the loss NaN).
+            profile: tensor `(batch, M)`.
+            training: bool. Apply the code noise. Defaults to `False`.
+
+        Returns:
+            A float32 tensor `(batch,)`.
+        """
+        return loss_from_probabilities(
+            probabilities,
+            profile,
+            ops.cast(self.codes, "float32"),
             temperature=self.temperature,
             cross_entropy_weight=self.cross_entropy_weight,
             regression_weight=self.regression_weight,
+            code_noise=self.code_noise if training else 0.0,
+            seed=self.seed,
         )
 
     def get_config(self):
         config = super().get_config()
+        codes = ops.convert_to_numpy(self.codes).astype(int).tolist()
+        temperature = self.temperature
+        if not isinstance(temperature, float):
+            temperature = float(ops.convert_to_numpy(temperature))
+        seed = self.seed
+        if isinstance(seed, keras.random.SeedGenerator):
+            seed = None
         config.update(
             {
-                "codes": self.codes.astype(int).tolist(),
-                "temperature": self.temperature,
+                "codes": codes,
+                "temperature": temperature,
                 "cross_entropy_weight": self.cross_entropy_weight,
                 "regression_weight": self.regression_weight,
+                "code_noise": self.code_noise,
+                "seed": seed,
             }
         )
         return config

@@ -4,8 +4,8 @@ import numpy as np
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.scores.deep_knn import DeepKNN
-from keras_tac.src.scores.features import FeatureExtractor
 from keras_tac.src.scores.logit_scores import Energy
 from keras_tac.src.scores.logit_scores import MaxLogit
 from keras_tac.src.scores.logit_scores import MaxSoftmaxProbability

@@ -1,12 +1,17 @@
 """TAC's confidence scores, from the profile of the same forward pass."""
 
 import numpy as np
+from keras import ops
 
+from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.tac_head import SCORES
+from keras_tac.src.layers.tac_head import class_scores
+from keras_tac.src.layers.tac_head import score_of
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.scorer import register_scorer
 
-TAC_SCORES = ("distance", "nearest_distance", "inner_product")
+TAC_SCORES = SCORES
 
 
 @register_scorer
@@ -38,32 +43,16 @@ class TACScore(Scorer):
     default_name = "tac"
 
     def __init__(self, kind=None, name=None):
-        if kind is not None and kind not in TAC_SCORES:
-            raise ValueError(
-                f"Invalid `kind`: expected one of {list(TAC_SCORES)} or None. "
-                f"Received: kind={kind!r}"
-            )
+        if kind is not None:
+            validation.check_choice("kind", kind, SCORES)
         super().__init__(name=name or (f"tac_{kind}" if kind else "tac"))
         self.kind = kind
 
     def score_batch(self, features):
         kind = self.kind or features.default_score
-        profile = features.profile.astype(np.float64)
-        codes = features.codes.astype(np.float64)
-        rows = np.arange(len(profile))
-        if kind == "inner_product":
-            return (profile @ codes.T)[rows, features.prediction]
-        # |z - c| is |z - 1| where c = +1 and |z + 1| where c = -1: one
-        # matrix product instead of a (batch, classes, M) intermediate.
-        to_plus = np.abs(profile - 1.0)
-        to_minus = np.abs(profile + 1.0)
-        common = (to_plus + to_minus).sum(axis=-1, keepdims=True)
-        distances = (common + (to_plus - to_minus) @ codes.T) / (
-            2.0 * codes.shape[-1]
-        )
-        if kind == "nearest_distance":
-            return -distances.min(axis=-1)
-        return -distances[rows, features.prediction]
+        scores = class_scores(kind, features.distances, features.inner_products)
+        confidence = score_of(scores, features.prediction)
+        return np.asarray(ops.convert_to_numpy(confidence), dtype=np.float64)
 
     def get_config(self):
         return {"name": self.name, "kind": self.kind}

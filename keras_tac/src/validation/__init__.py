@@ -5,6 +5,7 @@ what came.
 inputs against a base model and needs Keras."""
 
 from keras_tac.src.validation.checks import MAX_SEED
+from keras_tac.src.validation.checks import check_choice
 from keras_tac.src.validation.checks import check_class_indices
 from keras_tac.src.validation.checks import check_fraction
 from keras_tac.src.validation.checks import check_labels

@@ -5,6 +5,7 @@ pure-NumPy checks are in `checks`."""
 import keras
 import numpy as np
 
+from keras_tac.src.validation import checks
 from keras_tac.src.validation.checks import is_array_like
 
 
@@ -130,3 +131,96 @@ def pad_batch(array, size):
         return array
     filler = np.repeat(array[-1:], missing, axis=0)
     return np.concatenate([array, filler], axis=0)
+
+
+def check_data(model, x, y, where, allow_non_finite=False):
+    """Validates the data given to a `TACModel` method up front: arrays by
+    `check_inputs` (and labels by `check_labels` for `fit` / `evaluate`),
+    datasets by their element spec. Returns the number of samples of
+    arrays, else `None`."""
+    if x is None:
+        raise ValueError(
+            f"`{where}` expected inputs `x` (arrays, or a dataset). "
+            "Received: x=None"
+        )
+    spec = getattr(x, "element_spec", None)
+    if spec is not None:
+        check_element_spec(model, spec, where)
+        return None
+    if not is_arrays(x):
+        return None
+    num_samples = check_inputs(
+        x,
+        model.input_shapes,
+        where,
+        allow_non_finite=allow_non_finite,
+        input_names=input_names(model.base_model),
+    )
+    if where in ("fit", "evaluate"):
+        checks.check_labels(y, model.num_classes, num_samples, where)
+    return num_samples
+
+
+def check_element_spec(model, spec, where):
+    """Checks a `tf.data.Dataset`'s element spec against the model's inputs
+    and, for `fit` / `evaluate`, its labels."""
+    inputs = spec[0] if isinstance(spec, tuple) else spec
+    if isinstance(inputs, dict):
+        names = input_names(model.base_model)
+        if sorted(inputs) != sorted(names):
+            raise ValueError(
+                f"`{where}` expected dataset inputs with the keys "
+                f"{sorted(names)} (the base model's input names). "
+                f"Received keys {sorted(inputs)}"
+            )
+        inputs = [inputs[name] for name in names]
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if len(inputs) == len(model.input_shapes):
+        for input_spec, expected in zip(inputs, model.input_shapes):
+            shape = getattr(input_spec, "shape", None)
+            if shape is None or shape.rank is None:
+                continue
+            shape = tuple(shape)
+            if len(shape) != len(expected) or any(
+                want is not None and got is not None and want != got
+                for want, got in zip(expected[1:], shape[1:])
+            ):
+                raise ValueError(
+                    f"Invalid dataset for `{where}`: expected batches of "
+                    f"inputs of shape {expected} (None = any size). "
+                    f"Received element spec shape {shape}"
+                )
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        if where in ("fit", "evaluate"):
+            raise ValueError(
+                f"`{where}` expected a dataset of (inputs, labels) pairs. "
+                f"Received a dataset with element spec {spec}"
+            )
+        return
+    labels = spec[1]
+    dtype = getattr(labels, "dtype", None)
+    if dtype is not None and not (dtype.is_integer or dtype.is_floating):
+        raise TypeError(
+            f"`{where}` expected integer labels. Received dtype {dtype}"
+        )
+    shape = getattr(labels, "shape", None)
+    if shape is not None and dtype.is_floating and len(shape) == 2:
+        if shape[-1] not in (1, model.num_classes):
+            raise TypeError(
+                f"`{where}` expected class labels of shape (batch,) or "
+                f"(batch, 1), or class probabilities of shape (batch, "
+                f"{model.num_classes}). Received labels of dtype {dtype} "
+                f"and shape {shape}"
+            )
+
+
+def input_names(model):
+    """The names by which a dict of inputs is matched to `model.inputs`."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        # Sequential models may have `inputs` but no `input` structure.
+        structure = None
+    if isinstance(structure, dict):
+        return sorted(structure)
+    return [tensor.name for tensor in model.inputs]

@@ -1,5 +1,12 @@
-"""Batched feature extraction: one forward pass of the tapped base model per
-batch gives everything every confidence score needs."""
+"""Per-input features of a TAC model, one forward pass per batch.
+
+`FeatureExtractor` wraps the model's `tap_model` (which shares the base's
+weights) in a functional model that pools each tap and runs the TAC head on
+the pooled taps, so only small per-input vectors leave it: the base head's
+output, each tap's pooled activation, the profile, the code distances and
+inner products. The feature cache of `TACModel.fit` and every confidence
+scorer read these, through the same padded batch loop.
+"""
 
 import weakref
 
@@ -13,6 +20,9 @@ from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.layers.tap_pooling import TapPooling
 from keras_tac.src.validation import model_inputs
 
+# Values must not reference their key (the TAC model), or it never dies.
+_EXTRACTORS = weakref.WeakKeyDictionary()
+
 
 @keras_tac_export("keras_tac.scores.FeatureBatch")
 class FeatureBatch:
@@ -23,68 +33,77 @@ class FeatureBatch:
             (logits, or probabilities when `probabilities` is True).
         probabilities: bool, whether `base_output` holds probabilities.
         prediction: `(batch,)` int, the base head's class.
-        profile: `(batch, M)` float32, TAC's activation profile.
-        codes: `(num_classes, M)` float32 of +1/-1, TAC's class codes.
-        default_score: str, the TAC model's configured `score`.
         pooled: list of `(batch, channels)` float32, each tapped activation
             averaged over its spatial axes, in the order of
-            `tac.tap_layers`; the last tap is the head's input with the
-            default taps.
+            `tac.tap_layers`.
+        profile: `(batch, M)` float32, TAC's activation profile.
+        distances: `(batch, num_classes)` float32, normalised L1 distances
+            of the profile to the class codes.
+        inner_products: `(batch, num_classes)` float32, `<z, c_k>`.
+        default_score: str, the TAC model's configured `score`.
     """
 
     def __init__(
-        self, base_output, probabilities, profile, codes, default_score, pooled
+        self,
+        base_output,
+        probabilities,
+        pooled,
+        profile=None,
+        distances=None,
+        inner_products=None,
+        default_score="distance",
     ):
         self.base_output = base_output
         self.probabilities = probabilities
         self.prediction = np.argmax(base_output, axis=-1)
-        self.profile = profile
-        self.codes = codes
-        self.default_score = default_score
         self.pooled = pooled
+        self.profile = profile
+        self.distances = distances
+        self.inner_products = inner_products
+        self.default_score = default_score
 
 
 @keras_tac_export("keras_tac.scores.FeatureExtractor")
 class FeatureExtractor:
-    """Runs `tac`'s tapped base model once per batch and returns the base
-    output, TAC's profile and the pooled tapped activations.
-
-    Wraps `tac._tap_model` (which shares the base model's weights) in a
-    functional model that also pools each tap and computes the profile, so
-    only small per-input vectors leave the model: activations are never
-    held for more than one batch.
+    """Runs a TAC model once per batch and returns its per-input features.
 
     Args:
         tac: a `keras_tac.TACModel`.
 
     Example:
 
-    >>> extractor = FeatureExtractor(tac)  # doctest: +SKIP
+    >>> extractor = FeatureExtractor.of(tac)  # doctest: +SKIP
     >>> for batch in extractor.batches(x, batch_size=256):  # doctest: +SKIP
     ...     batch.pooled[-1].shape
     """
 
     def __init__(self, tac):
-        source = tac._tap_model
+        source = tac.tap_model
         inputs = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype),
             source.input,
         )
         tapped = source(inputs, training=False)
         base_output, taps = tapped[0], tapped[1:]
-        profile = ops.concatenate(
-            [
-                ops.cast(layer(tap, training=False), "float32")
-                for layer, tap in zip(tac.profile_layers, taps)
-            ],
-            axis=-1,
-        )
-        pooled = [ops.cast(TapPooling()(tap), "float32") for tap in taps]
-        self.model = keras.Model(
-            inputs, [ops.cast(base_output, "float32"), profile, *pooled]
-        )
+        # Each tap pooled in its profile layer's dtype policy, as the
+        # profile layer itself pools it: the head gives the same profile.
+        pooled = [
+            TapPooling(dtype=layer.pooling.dtype_policy)(tap)
+            for layer, tap in zip(tac.head.profile_layers, taps)
+        ]
+        head = tac.head(pooled)
+        outputs = {
+            "base_output": ops.cast(base_output, "float32"),
+            "profile": head["profile"],
+            "distances": head["distances"],
+            "inner_products": tac.head.code_matching.inner_products(
+                head["profile"]
+            ),
+        }
+        for index, tensor in enumerate(pooled):
+            outputs[f"pooled_{index}"] = ops.cast(tensor, "float32")
+        self.model = keras.Model(inputs, outputs, name="tac_features")
         self.probabilities = bool(tac.base_outputs_probabilities)
-        self.codes = tac.codes.astype(np.float32)
         self.default_score = tac.score
         self.input_shapes = tac.input_shapes
         self.num_taps = len(taps)
@@ -98,13 +117,17 @@ class FeatureExtractor:
         if extractor is None:
             extractor = cls(tac)
             _EXTRACTORS[tac] = extractor
-        # Settings that may change after construction.
-        extractor.codes = tac.codes.astype(np.float32)
+        if extractor.model.jit_compile != tac.jit_compile:
+            extractor.model.jit_compile = tac.jit_compile
+            extractor.model.predict_function = None
         extractor.default_score = tac.score
         return extractor
 
     def batches(self, x, batch_size=256, verbose="auto", where="scores"):
         """Yields one `FeatureBatch` per batch of `x`, in order.
+
+        The last batch is padded to full size (one compiled shape) and the
+        padding dropped from its features.
 
         Args:
             x: NumPy array (or list / dict of arrays for a multi-input
@@ -129,22 +152,22 @@ class FeatureExtractor:
             stop = min(start + batch_size, num_inputs)
             batch = keras.tree.map_structure(
                 lambda a, start=start, stop=stop: model_inputs.pad_batch(
-                    np.asarray(a[start:stop]), batch_size
+                    a[start:stop], batch_size
                 ),
                 x,
             )
-            outputs = self.model.predict_on_batch(batch)
-            outputs = [
-                np.asarray(ops.convert_to_numpy(o))[: stop - start]
-                for o in outputs
-            ]
+            outputs = {
+                key: np.asarray(ops.convert_to_numpy(value))[: stop - start]
+                for key, value in self.model.predict_on_batch(batch).items()
+            }
             yield FeatureBatch(
-                base_output=outputs[0],
+                base_output=outputs["base_output"],
                 probabilities=self.probabilities,
-                profile=outputs[1],
-                codes=self.codes,
+                pooled=[outputs[f"pooled_{i}"] for i in range(self.num_taps)],
+                profile=outputs["profile"],
+                distances=outputs["distances"],
+                inner_products=outputs["inner_products"],
                 default_score=self.default_score,
-                pooled=outputs[2:],
             )
             if progbar is not None:
                 progbar.update(stop)
@@ -152,7 +175,3 @@ class FeatureExtractor:
     def check_inputs(self, x, where):
         """Validates `x` against the base model; returns the input count."""
         return model_inputs.check_inputs(x, self.input_shapes, where)
-
-
-# Values must not reference their key (the TAC model), or it never dies.
-_EXTRACTORS = weakref.WeakKeyDictionary()

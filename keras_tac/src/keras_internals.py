@@ -1,0 +1,72 @@
+"""The Keras internals keras-tac relies on, where Keras has no public API.
+
+Checked against Keras 3.15. `tests/test_keras_internals.py` fails loudly if
+a Keras release changes any of them; everything else in keras-tac uses
+public Keras APIs only.
+
+- `is_functional`: a Functional model (graph of layers) answers
+  `_run_through_graph`; a subclassed model does not. Public Keras has no
+  `Functional` class to test against.
+- `output_layer`: the layer that produced a Functional model's output, from
+  the output tensor's `_keras_history` (the last entry of `model.layers` is
+  not always it).
+- `print_msg`: Keras's own progress-message printer, which respects
+  `keras.config.disable_interactive_logging()` (then logs via absl).
+- `jax_trainer_jit`: the `jit` that Keras's JAX trainer compiles its step
+  functions with, swapped for the duration of a block.
+"""
+
+import contextlib
+
+import keras
+
+
+def is_functional(model):
+    """True for a Functional model (a graph of layers), including
+    `keras.Model(inputs, outputs)` subclasses; False for Sequential and
+    subclassed models."""
+    return isinstance(model, keras.Model) and hasattr(
+        model, "_run_through_graph"
+    )
+
+
+def output_layer(model):
+    """The layer whose output is the (first) output of a Functional or
+    Sequential `model`, or `None` when it cannot be told."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1] if model.layers else None
+    outputs = getattr(model, "outputs", None)
+    if not outputs:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    return history[0] if history else None
+
+
+def print_msg(message):
+    """Prints `message` as Keras prints its progress messages."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
+
+
+@contextlib.contextmanager
+def jax_trainer_jit(jit):
+    """Makes Keras's JAX trainer compile with `jit` inside the block.
+
+    The trainer module calls a module-level `jit` (`jax.jit`, or Flax NNX's
+    under `keras.config.enable_flax_nnx`) when it builds its predict, test
+    and train functions. Where it is not `jax.jit` the block changes
+    nothing.
+    """
+    import jax
+    from keras.src.backend.jax import trainer
+
+    original = getattr(trainer, "jit", None)
+    if original is not jax.jit:
+        yield
+        return
+    trainer.jit = jit
+    try:
+        yield
+    finally:
+        trainer.jit = original

@@ -1,0 +1,225 @@
+"""When a TAC model accepts an input, written once.
+
+The accept rule (finite input, finite confidence, `confidence >= threshold`,
+compared in float32), the threshold check and the calibration targets.
+`TACModel.calibrate` / `predict_with_rejection` and the exported serving
+signatures all call these; the rule is written with `keras.ops` so it runs
+inside compiled functions and on NumPy arrays alike.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_tac.src import thresholds as thresholds_lib
+from keras_tac.src import validation
+from keras_tac.src.api_export import keras_tac_export
+
+REJECTION_KEYS = (
+    "prediction",
+    "confidence",
+    "accepted",
+    "tac_prediction",
+    "tac_confidence",
+)
+
+
+@keras_tac_export("keras_tac.rejection.check_threshold")
+def check_threshold(threshold):
+    """A rejection threshold as a Python float.
+
+    Any real number (Python, NumPy scalar, 0-d array); `inf` rejects every
+    input and `-inf` accepts every finite one. NaN and bools are errors.
+
+    Example:
+
+    >>> check_threshold(np.float32(0.5))
+    0.5
+    """
+    if isinstance(threshold, np.ndarray) and threshold.ndim == 0:
+        threshold = threshold.item()
+    if (
+        isinstance(threshold, (bool, np.bool_))
+        or not isinstance(threshold, numbers.Real)
+        or math.isnan(threshold)
+    ):
+        raise ValueError(
+            "Invalid `threshold`: expected a number (not NaN). "
+            f"Received: threshold={threshold!r}"
+        )
+    return float(threshold)
+
+
+@keras_tac_export("keras_tac.rejection.accept")
+def accept(confidence, input_is_finite, threshold):
+    """The accept rule: finite input, finite confidence and
+    `confidence >= threshold` (in float32).
+
+    Args:
+        confidence: float tensor or array `(batch,)`.
+        input_is_finite: bool tensor or array `(batch,)`.
+        threshold: float, or float tensor broadcastable to `(batch,)`.
+
+    Returns:
+        A bool tensor `(batch,)` (convert with `keras.ops.convert_to_numpy`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> accepted = accept([0.9, 0.2, np.nan], [True, True, True], 0.5)
+    >>> keras.ops.convert_to_numpy(accepted).tolist()
+    [True, False, False]
+    """
+    confidence = ops.cast(confidence, "float32")
+    return ops.logical_and(
+        ops.logical_and(
+            ops.cast(input_is_finite, "bool"), ops.isfinite(confidence)
+        ),
+        ops.greater_equal(confidence, ops.cast(threshold, "float32")),
+    )
+
+
+def finite_per_sample(inputs):
+    """A bool tensor `(batch,)`: whether every value of each sample of
+    `inputs` (a tensor or a structure of them) is finite."""
+    finite = None
+    for tensor in keras.tree.flatten(inputs):
+        if "float" not in str(getattr(tensor, "dtype", "float")):
+            continue
+        flags = ops.isfinite(tensor)
+        if len(flags.shape) > 1:
+            flags = ops.all(flags, axis=tuple(range(1, len(flags.shape))))
+        finite = flags if finite is None else ops.logical_and(finite, flags)
+    if finite is None:
+        first = keras.tree.flatten(inputs)[0]
+        finite = ops.ones((ops.shape(first)[0],), dtype="bool")
+    return finite
+
+
+def calibration_target(
+    target_coverage=None, target_tpr=None, target_risk=None, delta=None
+):
+    """Validates `calibrate`'s targets: returns `(kind, target, delta)`
+    with `kind` one of `"coverage"`, `"tpr"`, `"risk"`."""
+    given = {
+        name: value
+        for name, value in (
+            ("target_coverage", target_coverage),
+            ("target_tpr", target_tpr),
+            ("target_risk", target_risk),
+        )
+        if value is not None
+    }
+    if len(given) > 1:
+        raise ValueError(
+            "`calibrate` expected at most one of `target_coverage`, "
+            f"`target_tpr`, `target_risk`. Received: {given}"
+        )
+    if delta is not None and target_risk is None:
+        raise ValueError(
+            "`delta` only applies with `target_risk`. Received: "
+            f"delta={delta!r} and target_risk=None"
+        )
+    if target_risk is not None:
+        validation.check_fraction("target_risk", target_risk, closed=False)
+        delta = 0.05 if delta is None else delta
+        validation.check_fraction("delta", delta, closed=False)
+        return "risk", float(target_risk), float(delta)
+    if target_tpr is not None:
+        validation.check_fraction("target_tpr", target_tpr)
+        return "tpr", float(target_tpr), None
+    if target_coverage is None:
+        target_coverage = 0.9
+    validation.check_fraction("target_coverage", target_coverage)
+    return "coverage", float(target_coverage), None
+
+
+def calibration_threshold(kind, target, delta, confidence, correct):
+    """The threshold for a target, and extra entries for the summary.
+
+    `confidence` holds NaN for inputs that are never accepted; `correct`
+    (bools) is needed for `kind="risk"` only."""
+    if kind == "coverage":
+        return thresholds_lib.coverage_threshold(confidence, target), {}
+    if kind == "tpr":
+        return thresholds_lib.tpr_threshold(confidence, target), {}
+    result = thresholds_lib.risk_threshold(
+        confidence, correct, target, delta=delta
+    )
+    if not result["feasible"]:
+        raise ValueError(
+            f"Cannot guarantee target_risk={target} with delta={delta} on "
+            f"{len(confidence)} calibration inputs: no threshold has an "
+            "upper risk bound that low. Use more calibration data, a larger "
+            "`target_risk` or a larger `delta`."
+        )
+    return result["threshold"], {
+        "risk_bound": result["risk_bound"],
+        "delta": delta,
+    }
+
+
+def calibrate(model, x, y=None, batch_size=None, verbose="auto", **targets):
+    """`TACModel.calibrate`: picks, stores and summarises the threshold."""
+    kind, target, delta = calibration_target(**targets)
+    if kind == "risk" and y is None:
+        raise ValueError(
+            "`target_risk` needs labels: pass `y` (integer labels of the "
+            "calibration inputs) to `calibrate`. Received: y=None"
+        )
+    outputs = model.predict(x, batch_size=batch_size, verbose=verbose)
+    confidence = outputs["confidence"]
+    labels = None
+    if y is not None:
+        # Checked against what was predicted, so datasets are covered too.
+        labels = validation.check_class_indices(
+            y, model.num_classes, len(confidence), "calibrate"
+        )
+    valid = outputs["input_is_finite"] & np.isfinite(confidence)
+    if not valid.any():
+        raise ValueError(
+            "Cannot calibrate: no calibration input gave a finite "
+            "confidence (all inputs are non-finite)."
+        )
+    correct = None if labels is None else outputs["prediction"] == labels
+    threshold, extra = calibration_threshold(
+        kind, target, delta, np.where(valid, confidence, np.nan), correct
+    )
+    model.rejection_threshold.assign(threshold)
+    accepted = ops.convert_to_numpy(
+        accept(confidence, outputs["input_is_finite"], threshold)
+    )
+    summary = {"threshold": threshold, "coverage": float(accepted.mean())}
+    if kind == "tpr":
+        summary["tpr"] = float(accepted[valid].mean())
+    summary.update(extra)
+    if correct is not None:
+        summary["accuracy"] = float(correct.mean())
+        summary["selective_accuracy"] = (
+            float(correct[accepted].mean()) if accepted.any() else math.nan
+        )
+    return summary
+
+
+def predict_with_rejection(
+    model, x, threshold=None, batch_size=None, verbose="auto"
+):
+    """`TACModel.predict_with_rejection`: predictions and decisions."""
+    if threshold is None:
+        threshold = model.threshold
+        if threshold is None:
+            raise ValueError(
+                "No rejection threshold: call `calibrate(x_val, y_val)` "
+                "first, or pass `threshold=`."
+            )
+    else:
+        threshold = check_threshold(threshold)
+    outputs = model.predict(x, batch_size=batch_size, verbose=verbose)
+    result = {key: outputs[key] for key in REJECTION_KEYS if key != "accepted"}
+    result["accepted"] = ops.convert_to_numpy(
+        accept(outputs["confidence"], outputs["input_is_finite"], threshold)
+    )
+    return {key: result[key] for key in REJECTION_KEYS}
