@@ -124,8 +124,97 @@ class TestDefaultTaps:
         h = inputs
         for index in range(3):
             h = keras.layers.Reshape((2, 16))(h)
-            h = keras.layers.Conv1D(16, 1, name=f"c{index}")(h)
+            h = keras.layers.Conv1D(16, 1, activation="relu", name=f"c{index}")(
+                h
+            )
             h = keras.layers.Flatten()(h)
-            h = keras.layers.Dense(32, name=f"d{index}")(h)
+            h = keras.layers.Dense(32, activation="relu", name=f"d{index}")(h)
         model = keras.Model(inputs, keras.layers.Dense(2)(h))
         assert tapping.default_tap_layers(model) == ["c1", "d1", "c2", "d2"]
+
+    def test_resnet50_stage_outputs(self):
+        model = keras.applications.ResNet50(
+            weights=None, input_shape=(64, 64, 3), classes=10
+        )
+        assert tapping.default_tap_layers(model, min_width=16) == [
+            "conv2_block3_out",
+            "conv3_block4_out",
+            "conv4_block6_out",
+            "conv5_block3_out",
+        ]
+
+    def test_sequence_model_never_taps_its_own_pooling(self):
+        inputs = keras.Input((40, 6))
+        h = keras.layers.Conv1D(16, 5, activation="relu", name="c1")(inputs)
+        h = keras.layers.MaxPooling1D(name="pool")(h)
+        h = keras.layers.Conv1D(32, 5, activation="relu", name="c2")(h)
+        h = keras.layers.GlobalAveragePooling1D(name="gap")(h)
+        h = keras.layers.Dropout(0.2, name="drop")(h)
+        model = keras.Model(inputs, keras.layers.Dense(4, name="out")(h))
+        taps = tapping.default_tap_layers(model)
+        assert taps == ["c1", "c2"]
+        assert_pooled_taps_differ(model, taps)
+
+    def test_mlp_hidden_layers_not_the_head(self):
+        inputs = keras.Input((13,))
+        h = keras.layers.Dense(32, activation="relu", name="h1")(inputs)
+        h = keras.layers.Dropout(0.1)(h)
+        h = keras.layers.Dense(32, name="h2")(h)
+        h = keras.layers.BatchNormalization(name="bn2")(h)
+        h = keras.layers.ReLU(name="relu2")(h)
+        h = keras.layers.Dense(3, name="logits")(h)
+        model = keras.Model(inputs, keras.layers.Softmax(name="softmax")(h))
+        assert tapping.default_tap_layers(model) == ["h1", "relu2"]
+
+    def test_transformer_block_outputs(self):
+        model = tiny_vit(num_blocks=4)
+        taps = tapping.default_tap_layers(model, min_width=8)
+        # The patch embedding (a linear map of the pixels) is skipped; the
+        # blocks' token outputs and the final norm are tapped.
+        assert taps == ["block0_out", "block1_out", "block2_out", "final_norm"]
+        assert_pooled_taps_differ(model, taps)
+
+    def test_narrow_layers_are_skipped(self):
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(4, 3, activation="relu", name="narrow")(inputs)
+        h = keras.layers.Conv2D(16, 3, activation="relu", name="wide")(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        model = keras.Model(inputs, keras.layers.Dense(10)(h))
+        assert tapping.default_tap_layers(model, min_width=16) == ["wide"]
+        with pytest.raises(ValueError, match="at least 32"):
+            tapping.default_tap_layers(model, min_width=32)
+
+
+def tiny_vit(num_blocks, dim=16):
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(dim, 4, strides=4, name="patches")(inputs)
+    h = keras.layers.Reshape((16, dim))(h)
+    for block in range(num_blocks):
+        n = keras.layers.LayerNormalization()(h)
+        a = keras.layers.MultiHeadAttention(2, dim // 2)(n, n)
+        h = keras.layers.Add(name=f"block{block}_attention")([h, a])
+        n = keras.layers.LayerNormalization()(h)
+        m = keras.layers.Dense(2 * dim, activation="gelu")(n)
+        h = keras.layers.Add(name=f"block{block}_out")(
+            [h, keras.layers.Dense(dim)(m)]
+        )
+    h = keras.layers.LayerNormalization(name="final_norm")(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(5)(h))
+
+
+def assert_pooled_taps_differ(model, taps):
+    """No two taps pool to the same values (oracle: NumPy means)."""
+    resolved = tapping.resolve_taps(model, taps)
+    tapped = tapping.tap_model(model, resolved)
+    shape = (3, *model.inputs[0].shape[1:])
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    outputs = [keras.ops.convert_to_numpy(t) for t in tapped(x)[1:]]
+    pooled = [o.reshape(len(o), -1, o.shape[-1]).mean(axis=1) for o in outputs]
+    for i in range(len(pooled)):
+        for j in range(i + 1, len(pooled)):
+            same_shape = pooled[i].shape == pooled[j].shape
+            assert not (same_shape and np.allclose(pooled[i], pooled[j])), (
+                taps[i],
+                taps[j],
+            )

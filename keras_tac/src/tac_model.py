@@ -152,15 +152,6 @@ class TACModel(FrozenBaseMixin, keras.Model):
             if base_output == "auto"
             else base_output == "probabilities"
         )
-        if tap_layers is None:
-            tap_layers = tapping.default_tap_layers(base_model)
-        taps = tapping.resolve_taps(base_model, tap_layers)
-        self.tap_layers = [path for path, _ in taps]
-        # Shares the base's layers and weights; not tracked, so the weights
-        # are saved once, under `base_model`.
-        object.__setattr__(
-            self, "_tap_model", tapping.tap_model(base_model, taps)
-        )
         self.num_classes = int(base_model.outputs[0].shape[-1])
         self.input_shapes = [tuple(t.shape) for t in base_model.inputs]
         self.head = TACHead(
@@ -174,6 +165,17 @@ class TACModel(FrozenBaseMixin, keras.Model):
             trainable_temperature=trainable_temperature,
             seed=self.seed,
             name="tac_head",
+        )
+        if tap_layers is None:
+            tap_layers = tapping.default_tap_layers(
+                base_model, min_width=self.head.block_width
+            )
+        taps = tapping.resolve_taps(base_model, tap_layers)
+        self.tap_layers = [path for path, _ in taps]
+        # Shares the base's layers and weights; not tracked, so the weights
+        # are saved once, under `base_model`.
+        object.__setattr__(
+            self, "_tap_model", tapping.tap_model(base_model, taps)
         )
         tapping.build_head(self.head, self._tap_model, self.tap_layers)
         # NaN until `calibrate` sets it: an uncalibrated model does not

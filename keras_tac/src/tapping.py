@@ -12,6 +12,7 @@ import warnings
 import keras
 
 from keras_tac.src import keras_internals
+from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 
 
@@ -93,38 +94,168 @@ def resolve_taps(model, tap_layers):
 
 
 @keras_tac_export("keras_tac.tapping.default_tap_layers")
-def default_tap_layers(model, max_taps=4):
-    """The automatic tap choice: the last layer of each resolution stage.
+def default_tap_layers(model, max_taps=4, min_width=2):
+    """The automatic tap choice: the outputs of the network's stages.
 
-    Layers (nested ones included, in order) are grouped into runs whose
-    outputs have the same rank and spatial shape; the last layer of each run
-    ends a stage (for a conv net, the block before each downsampling; for the
-    dense part, the penultimate layer). The output layer and layers with
-    scalar-per-sample outputs are skipped. The last `max_taps` stage ends
-    are kept: at most 4 taps, like the reference's 4 conv blocks.
+    1. Candidates are the layers (nested ones included, in order) that
+       compute features: not the classifier head (the last layer with
+       weights and the parameter-free layers after it, e.g. a softmax), not
+       layers that only reshape, pool, crop, pad or drop (`Flatten`,
+       `GlobalAveragePooling2D`, `MaxPooling2D`, `Dropout`, ...: a tap on
+       `GlobalAveragePooling2D(conv)` would pool to the same values as a tap
+       on `conv`), and only outputs with a channel axis at least
+       `min_width` wide.
+    2. Consecutive candidates with the same rank and spatial shape form a
+       resolution stage, whose last candidate is its output: for a
+       residual network the activation after the stage's last residual
+       add (`convN_blockM_out` in `keras.applications.ResNet50`); for the
+       vector part (an MLP, a CNN's dense head) every hidden layer with
+       weights starts a new stage, so each hidden layer's output is one.
+    3. The last `max_taps` stage outputs are kept, like the reference's 4
+       conv blocks (a stem is the first to go). With fewer stages than
+       `max_taps`, the residual block outputs (`Add` layers) inside the
+       stages fill the free places, evenly spaced through the depth: for a
+       Vision Transformer, whose encoder blocks share one shape, those are
+       the blocks' token outputs.
+
+    Args:
+        model: a built Functional or Sequential `keras.Model`.
+        max_taps: int. Defaults to `4`.
+        min_width: int. Narrowest channel axis to tap (a TAC model passes
+            its code block width). Defaults to `2`.
+
+    Returns:
+        A list of layer paths, in network order.
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    >>> h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    >>> h = keras.layers.Dense(8, activation="relu", name="hidden")(h)
+    >>> model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+    >>> default_tap_layers(model)
+    ['conv', 'hidden']
     """
-    output_layer = keras_internals.output_layer(model)
-    stage_ends = []
+    validation.check_positive_int("max_taps", max_taps)
+    candidates = _candidates(model, min_width)
+    stages = []
     previous_key = None
-    for path, layer in layer_paths(model):
-        if layer is output_layer or isinstance(layer, keras.Model):
-            continue
-        shape = _output_shape(layer)
-        if shape is None or len(shape) < 2 or not shape[-1] or shape[-1] < 2:
-            continue
-        key = (len(shape), tuple(shape[1:-1]))
-        if key == previous_key:
-            stage_ends[-1] = path
-        else:
-            stage_ends.append(path)
+    for path, layer, key in candidates:
+        new_vector_layer = len(key) == 1 and _has_kernel(layer)
+        if key != previous_key or new_vector_layer:
+            stages.append([])
+        stages[-1].append((path, layer))
         previous_key = key
-    if not stage_ends:
+    if not stages:
         raise ValueError(
             f"Could not choose tap layers automatically for model "
-            f"{model.name!r}: no intermediate layer has a channel axis. "
-            "Pass `tap_layers` explicitly."
+            f"{model.name!r}: no intermediate layer computes features with a "
+            f"channel axis of at least {min_width}. Pass `tap_layers`."
         )
-    return stage_ends[-max_taps:]
+    chosen = [stage[-1][0] for stage in stages][-max_taps:]
+    if len(chosen) < max_taps:
+        chosen = _with_block_outputs(stages, chosen, max_taps)
+    return chosen
+
+
+def _candidates(model, min_width):
+    """`(path, layer, key)` of the layers that may be tapped, in order; `key`
+    is the output's rank and spatial shape."""
+    pairs = [
+        (path, layer)
+        for path, layer in layer_paths(model)
+        if not isinstance(layer, keras.Model)
+    ]
+    # The head: from the end back to the last layer with weights.
+    head = set()
+    for _, layer in reversed(pairs):
+        head.add(id(layer))
+        if layer.weights:
+            break
+    candidates = []
+    nonlinear = False
+    for path, layer in pairs:
+        if id(layer) in head or isinstance(layer, _STRUCTURAL_LAYERS):
+            continue
+        # Before the first nonlinearity (e.g. a ViT's patch embedding) a
+        # layer is a linear map of the input, not a learned feature.
+        nonlinear = nonlinear or not _is_linear(layer)
+        if not nonlinear:
+            continue
+        shape = _output_shape(layer)
+        if shape is None or len(shape) < 2 or not shape[-1]:
+            continue
+        if shape[-1] < min_width:
+            continue
+        candidates.append((path, layer, (len(shape), *shape[1:-1])))
+    return candidates
+
+
+def _with_block_outputs(stages, chosen, max_taps):
+    """`chosen` plus residual block outputs, evenly spaced, in order."""
+    order = [path for stage in stages for path, _ in stage]
+    blocks = [
+        path
+        for stage in stages
+        for path, layer in stage
+        if isinstance(layer, keras.layers.Add) and path not in chosen
+    ]
+    free = min(max_taps - len(chosen), len(blocks))
+    if free <= 0:
+        return chosen
+    # Evenly spaced through the blocks, ending a spacing before the last
+    # (the stage output that follows it is chosen already).
+    picks = [
+        blocks[max(len(blocks) * (i + 1) // (free + 1) - 1, 0)]
+        for i in range(free)
+    ]
+    return sorted(set(chosen) | set(picks), key=order.index)
+
+
+def _has_kernel(layer):
+    return any(weight.name == "kernel" for weight in layer.weights)
+
+
+def _is_linear(layer):
+    """Whether `layer` is an affine map of its inputs at inference (a dense
+    or convolution layer without activation, an add, a batch norm...)."""
+    if isinstance(layer, _AFFINE_LAYERS):
+        return True
+    if not hasattr(layer, "activation") or not _has_kernel(layer):
+        return False
+    return layer.activation in (None, keras.activations.linear)
+
+
+def _structural_layers():
+    """Keras layers that only reshape, pool, crop, pad, drop or regularise:
+    they compute no features of their own."""
+    names = (
+        "Flatten Reshape Permute RepeatVector Identity Masking "
+        "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D "
+        "GaussianDropout GaussianNoise AlphaDropout ActivityRegularization "
+        "MaxPooling1D MaxPooling2D MaxPooling3D AveragePooling1D "
+        "AveragePooling2D AveragePooling3D GlobalAveragePooling1D "
+        "GlobalAveragePooling2D GlobalAveragePooling3D GlobalMaxPooling1D "
+        "GlobalMaxPooling2D GlobalMaxPooling3D Cropping1D Cropping2D "
+        "Cropping3D ZeroPadding1D ZeroPadding2D ZeroPadding3D"
+    ).split()
+    return tuple(
+        getattr(keras.layers, name)
+        for name in names
+        if hasattr(keras.layers, name)
+    )
+
+
+_STRUCTURAL_LAYERS = _structural_layers()
+_AFFINE_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Add Subtract Concatenate Average BatchNormalization Rescaling "
+        "Normalization Embedding"
+    ).split()
+    if hasattr(keras.layers, name)
+)
 
 
 @keras_tac_export("keras_tac.tapping.tap_model")

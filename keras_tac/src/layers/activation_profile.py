@@ -19,8 +19,9 @@ class ActivationProfile(keras.layers.Layer):
     Args:
         num_slices: int. Slices (code bits) for this tap, at most its width
             `C`. Defaults to `16`.
-        projection: str. `"none"`, `"small"`, `"large"` or `"very_large"`
-            (see `TapProjection`). Defaults to `"small"`.
+        projection: str. `"none"`, `"small"`, `"large"`, `"very_large"`,
+            `"x_large"` or `"2x_large"` (see `TapProjection`; the bottleneck
+            of `"2x_large"` is `num_slices` wide). Defaults to `"small"`.
         slicing: str. `"uniform"` or `"random"`. Defaults to `"uniform"`.
         reduction: str. `"mean"` or `"median"`. Defaults to `"mean"`.
         seed: int. Seed of the projection's initializers and the random
@@ -62,7 +63,12 @@ class ActivationProfile(keras.layers.Layer):
         self.input_width = None
         self.pooling = TapPooling(dtype=self.dtype_policy, name="pooling")
         self.projector = TapProjection(
-            projection, seed=seed, dtype=self.dtype_policy, name="projection"
+            projection,
+            seed=seed,
+            # The width of the "2x_large" bottleneck.
+            num_slices=num_slices if projection == "2x_large" else None,
+            dtype=self.dtype_policy,
+            name="projection",
         )
         self.slice_reduce = SliceReduce(
             num_slices,

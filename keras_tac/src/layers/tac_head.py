@@ -105,8 +105,9 @@ class TACHead(keras.layers.Layer):
             is the smallest power of two above `num_classes` (Hadamard
             codes) or, when that exceeds the cap, the cap (random codes kept
             far apart). Defaults to `16`.
-        projection: str. `"none"`, `"small"`, `"large"` or `"very_large"`
-            (see `TapProjection`). Defaults to `"small"`.
+        projection: str. `"none"`, `"small"`, `"large"`, `"very_large"`,
+            `"x_large"` or `"2x_large"` (see `TapProjection`). Defaults to
+            `"small"`.
         slicing: str. `"uniform"` or `"random"`. Defaults to `"uniform"`.
         reduction: str. `"mean"` or `"median"`. Defaults to `"mean"`.
         score: str. The confidence returned as `"scores"`: `"distance"`,

@@ -3,25 +3,71 @@ import keras
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 
-# Number of Dense layers of each projection; ReLUs sit between them.
-PROJECTION_DEPTHS = {"none": 0, "small": 1, "large": 2, "very_large": 3}
+# The layers of each projection, in order, for an input of width `C` and
+# `S` slices: "dense" is `Dense(C)`, "bottleneck" is `Dense(S)`, "norm" a
+# `LayerNormalization`, "relu" an activation (the reference's
+# `get_projection_params`, src/models.py:35-87).
+PROJECTION_LAYERS = {
+    "none": (),
+    "small": ("dense",),
+    "large": ("dense", "relu", "dense"),
+    "very_large": ("dense", "relu", "dense", "relu", "dense"),
+    "x_large": (
+        "norm",
+        "dense",
+        "relu",
+        "dense",
+        "relu",
+        "dense",
+        "norm",
+    ),
+    "2x_large": (
+        "norm",
+        "dense",
+        "relu",
+        "dense",
+        "relu",
+        "norm",
+        "bottleneck",
+        "relu",
+        "bottleneck",
+        "relu",
+        "dense",
+        "norm",
+    ),
+}
+# Number of Dense layers of each projection.
+PROJECTION_DEPTHS = {
+    name: sum(kind in ("dense", "bottleneck") for kind in steps)
+    for name, steps in PROJECTION_LAYERS.items()
+}
+# PyTorch's `LayerNorm` default, kept by the reference.
+LAYER_NORM_EPSILON = 1e-5
 
 
 @keras_tac_export("keras_tac.layers.TapProjection")
 class TapProjection(keras.layers.Layer):
     """A small trainable, width-preserving map of a pooled tapped activation.
 
-    The reference's projection shapes, for an input of width `C`:
+    The reference's projection shapes, for an input of width `C` and `S`
+    slices (`LN` a `LayerNormalization`, epsilon `1e-5` as PyTorch's):
 
     - `"none"`: the identity (nothing to train);
     - `"small"`: one `Dense(C)`;
     - `"large"`: `Dense(C)`, ReLU, `Dense(C)`;
-    - `"very_large"`: three `Dense(C)` with ReLUs between them.
+    - `"very_large"`: three `Dense(C)` with ReLUs between them;
+    - `"x_large"`: `LN`, the three Dense layers of `"very_large"`, `LN`;
+    - `"2x_large"`: `LN`, `Dense(C)`, ReLU, `Dense(C)`, ReLU, `LN`, then a
+      bottleneck `Dense(S)`, ReLU, `Dense(S)`, ReLU, `Dense(C)`, and `LN`.
 
     Args:
         projection: str. One of `"none"`, `"small"`, `"large"`,
-            `"very_large"`. Defaults to `"small"`.
+            `"very_large"`, `"x_large"`, `"2x_large"`. Defaults to
+            `"small"`.
         seed: int. Seed of the kernel initializers. Defaults to `0`.
+        num_slices: int or `None`. The bottleneck width `S` of
+            `"2x_large"` (the slices per tap; `ActivationProfile` passes its
+            own), required there and unused otherwise. Defaults to `None`.
         **kwargs: base layer arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -35,21 +81,36 @@ class TapProjection(keras.layers.Layer):
     >>> import numpy as np
     >>> TapProjection("large")(np.ones((2, 8))).shape
     (2, 8)
+    >>> layer = TapProjection("2x_large", num_slices=4)
+    >>> layer(np.ones((2, 8))).shape
+    (2, 8)
+    >>> [dense.units for dense in layer.dense_layers]
+    [8, 8, 4, 4, 8]
     """
 
-    def __init__(self, projection="small", seed=0, **kwargs):
+    def __init__(self, projection="small", seed=0, num_slices=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(projection, str) or projection not in (
-            PROJECTION_DEPTHS
+            PROJECTION_LAYERS
         ):
             raise ValueError(
                 "Invalid `projection`: expected one of "
-                f"{sorted(PROJECTION_DEPTHS)}. "
+                f"{sorted(PROJECTION_LAYERS)}. "
                 f"Received: projection={projection!r}"
+            )
+        if num_slices is not None:
+            validation.check_positive_int("num_slices", num_slices)
+            num_slices = int(num_slices)
+        elif "bottleneck" in PROJECTION_LAYERS[projection]:
+            raise ValueError(
+                f"The {projection!r} projection needs `num_slices`, the "
+                "width of its bottleneck. Received: num_slices=None"
             )
         self.projection = projection
         self.seed = validation.check_seed(seed)
+        self.num_slices = num_slices
         self.dense_layers = []
+        self.norm_layers = []
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
@@ -59,25 +120,42 @@ class TapProjection(keras.layers.Layer):
             )
         width = input_shape[-1]
         shape = tuple(input_shape)
-        for index in range(PROJECTION_DEPTHS[self.projection]):
-            dense = keras.layers.Dense(
-                width,
-                kernel_initializer=keras.initializers.GlorotUniform(
-                    seed=(self.seed * 7919 + index) % (validation.MAX_SEED + 1)
-                ),
-                dtype=self.dtype_policy,
-                name=f"dense_{index}",
-            )
-            dense.build(shape)
-            self.dense_layers.append(dense)
+        for kind in PROJECTION_LAYERS[self.projection]:
+            if kind == "norm":
+                layer = keras.layers.LayerNormalization(
+                    epsilon=LAYER_NORM_EPSILON,
+                    dtype=self.dtype_policy,
+                    name=f"layer_norm_{len(self.norm_layers)}",
+                )
+                layer.build(shape)
+                self.norm_layers.append(layer)
+            elif kind != "relu":
+                index = len(self.dense_layers)
+                layer = keras.layers.Dense(
+                    width if kind == "dense" else self.num_slices,
+                    kernel_initializer=keras.initializers.GlorotUniform(
+                        seed=(self.seed * 7919 + index)
+                        % (validation.MAX_SEED + 1)
+                    ),
+                    dtype=self.dtype_policy,
+                    name=f"dense_{index}",
+                )
+                layer.build(shape)
+                shape = (shape[0], layer.units)
+                self.dense_layers.append(layer)
         self.input_spec = keras.InputSpec(ndim=2, axes={-1: width})
 
     def call(self, inputs):
         outputs = inputs
-        for index, dense in enumerate(self.dense_layers):
-            if index:
+        dense_layers = iter(self.dense_layers)
+        norm_layers = iter(self.norm_layers)
+        for kind in PROJECTION_LAYERS[self.projection]:
+            if kind == "relu":
                 outputs = keras.activations.relu(outputs)
-            outputs = dense(outputs)
+            elif kind == "norm":
+                outputs = next(norm_layers)(outputs)
+            else:
+                outputs = next(dense_layers)(outputs)
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -85,5 +163,11 @@ class TapProjection(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"projection": self.projection, "seed": self.seed})
+        config.update(
+            {
+                "projection": self.projection,
+                "seed": self.seed,
+                "num_slices": self.num_slices,
+            }
+        )
         return config
