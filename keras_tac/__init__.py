@@ -42,6 +42,7 @@ else:
     from keras_tac import datasets
     from keras_tac import layers
     from keras_tac import losses
+    from keras_tac import recipes
     from keras_tac import rejection
     from keras_tac import saving
     from keras_tac import scores

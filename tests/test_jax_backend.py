@@ -74,7 +74,8 @@ class TestInferenceCompilation:
             "XLA_CPU_OPTIONS",
             {jax_backend.YNN_FUSION_OPTION: "NOT_A_FUSION_TYPE"},
         )
-        tac = TACModel(trained_cnn)
+        # score="distance": `fit` then runs no inference pass (statistics).
+        tac = TACModel(trained_cnn, score="distance")
         x = np.zeros((4, 8, 8, 1), "float32")
         with pytest.raises(Exception, match="NOT_A_FUSION_TYPE"):
             tac.predict(x, verbose=0)

@@ -74,6 +74,7 @@ class TestFeaturesAndStatelessScores:
             "max_logit",
             "energy",
             "tac",
+            "tac_distance",
             "tac_nearest_distance",
             "tac_inner_product",
         ]
@@ -286,6 +287,26 @@ class TestFitAndSave:
         assert set(result) == {"mahalanobis", "knn"}
         with pytest.raises(ValueError, match="labels"):
             scores.fit_scorers(tac, x[:10], y[:9], fitted, verbose=0)
+
+    def test_fit_scorers_label_rule(self, tac, digits):
+        (x, y), _ = digits
+        x, y = x[:200], y[:200]
+
+        def fitted_means(labels):
+            scorer = scores.MahalanobisDistance()
+            scores.fit_scorers(tac, x, labels, [scorer], verbose=0)
+            return scorer.means
+
+        expected = fitted_means(y)
+        for form in (y.astype("float64"), y.astype("float32"), y.tolist()):
+            np.testing.assert_equal(fitted_means(form), expected)
+        for bad in (2.5, np.nan):
+            labels = y.astype("float64")
+            labels[7] = bad
+            with pytest.raises(ValueError) as error:
+                fitted_means(labels)
+            message = str(error.value)
+            assert "fit_scorers" in message and "whole numbers" in message
 
     def test_save_and_load_every_scorer(self, tmp_path):
         rng = np.random.default_rng(4)

@@ -1,10 +1,12 @@
 import os
+import warnings
 
 import keras
 import numpy as np
 import pytest
 from conftest import make_cnn
 from keras import ops
+from sklearn.metrics import roc_auc_score
 
 import keras_tac
 from keras_tac import codes as codes_lib
@@ -131,6 +133,109 @@ class TestConstruction:
             keras_tac.TACModel(base)
 
 
+def nested_base(ending, depth=1, sequential=False):
+    """A base `(6,) -> features (16) -> head`: the layers of `ending()`,
+    inside `depth` levels of nested models (Sequential or Functional)."""
+
+    def head(level):
+        if level > depth:
+            return ending()
+        layers = head(level + 1)
+        if sequential:
+            model = keras.Sequential([keras.Input((16,)), *layers])
+        else:
+            inputs = keras.Input((16,))
+            outputs = inputs
+            for layer in layers:
+                outputs = layer(outputs)
+            model = keras.Model(inputs, outputs)
+        return [model]
+
+    inputs = keras.Input((6,))
+    outputs = keras.layers.Dense(16, activation="relu", name="features")(inputs)
+    for layer in head(1):
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs)
+
+
+SOFTMAX_ENDINGS = {
+    "softmax_layer": lambda: [keras.layers.Dense(3), keras.layers.Softmax()],
+    "activation": lambda: [
+        keras.layers.Dense(3),
+        keras.layers.Activation("softmax"),
+    ],
+    "dense": lambda: [keras.layers.Dense(3, activation="softmax")],
+}
+OTHER_ENDINGS = {
+    "logits": lambda: [keras.layers.Dense(3)],
+    "relu": lambda: [keras.layers.Dense(3), keras.layers.Activation("relu")],
+    "dense_relu": lambda: [keras.layers.Dense(3, activation="relu")],
+}
+
+
+def lambda_ending():
+    return [
+        keras.layers.Dense(3),
+        keras.layers.Lambda(lambda t: ops.softmax(t), name="soft"),
+    ]
+
+
+class TestBaseOutput:
+    @pytest.mark.parametrize(
+        "depth,sequential", [(0, False), (1, False), (2, False), (1, True)]
+    )
+    @pytest.mark.parametrize(
+        "ending", sorted(SOFTMAX_ENDINGS) + sorted(OTHER_ENDINGS)
+    )
+    def test_auto_reads_nested_heads(self, ending, depth, sequential):
+        endings = {**SOFTMAX_ENDINGS, **OTHER_ENDINGS}
+        base = nested_base(endings[ending], depth, sequential)
+        x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+        sums = base.predict(x, verbose=0).sum(axis=1)
+        # The oracle: whether the base's output rows are probabilities.
+        assert np.allclose(sums, 1.0) == (ending in SOFTMAX_ENDINGS)
+        tac = keras_tac.TACModel(base, tap_layers=["features"])
+        assert tac.base_outputs_probabilities == (ending in SOFTMAX_ENDINGS)
+
+    def test_probabilities_are_the_base_output(self):
+        from keras_tac import scores
+        from keras_tac.src import export
+
+        base = nested_base(SOFTMAX_ENDINGS["activation"], depth=2)
+        tac = keras_tac.TACModel(base, tap_layers=["features"])
+        x = np.random.default_rng(0).normal(size=(20, 6)).astype("float32")
+        probabilities = base.predict(x, verbose=0)
+        msp = scores.compute_scores(
+            tac, x, [scores.MaxSoftmaxProbability()], verbose=0
+        )["msp"]
+        # Not the max of a softmax of the probabilities (near 1/3 here).
+        np.testing.assert_allclose(msp, probabilities.max(axis=1), rtol=1e-5)
+        served = export.serving_outputs(tac, x, 0.0)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(served["probabilities"]),
+            probabilities,
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+    @pytest.mark.parametrize("depth", [0, 1, 2])
+    def test_lambda_ending_warns_once(self, depth):
+        base = nested_base(lambda_ending, depth)
+        with pytest.warns(UserWarning) as record:
+            tac = keras_tac.TACModel(base, tap_layers=["features"])
+        messages = [
+            str(w.message) for w in record if "Lambda" in str(w.message)
+        ]
+        assert len(messages) == 1 and "base_output=" in messages[0]
+        assert not tac.base_outputs_probabilities
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            explicit = keras_tac.TACModel(
+                base, tap_layers=["features"], base_output="probabilities"
+            )
+        assert explicit.base_outputs_probabilities
+
+
 class TestForward:
     def test_scores_against_numpy(self):
         x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
@@ -244,12 +349,56 @@ class TestAddOn:
         )
         # TAC's own prediction is far above chance (0.1) after a few epochs.
         assert metrics["tac_accuracy"] > 0.6
-        # Its confidence ranks the base's correct predictions above its errors.
+        # Its confidence ranks the base's correct predictions above its
+        # errors (chance is 0.5).
         correct = out["prediction"] == y_test
-        assert (
-            out["confidence"][correct].mean()
-            > out["confidence"][~correct].mean()
+        assert 0 < correct.sum() < len(correct)
+        assert roc_auc_score(correct, out["confidence"]) > 0.75
+
+    def test_caller_keeps_a_trainable_base(self, trained_cnn, digits):
+        (x, y), _ = digits
+        base = trained_cnn
+        trainable = [w.path for w in base.trainable_weights]
+        before = weights_of(base)
+        tac = keras_tac.TACModel(base)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        head_before = [np.array(w) for w in tac.head.get_weights()]
+        for cache_features in (True, False):
+            tac.fit(
+                x[:128],
+                y[:128],
+                batch_size=32,
+                cache_features=cache_features,
+                verbose=0,
+            )
+        # The add-on fit trained the head and left the base bit-identical.
+        assert any(
+            not np.array_equal(a, b)
+            for a, b in zip(head_before, tac.head.get_weights())
         )
+        for a, b in zip(before, weights_of(base)):
+            np.testing.assert_array_equal(a, b)
+        # The caller's base is as trainable as it was, and trains.
+        assert base.trainable
+        assert [w.path for w in base.trainable_weights] == trainable
+        base.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        base.fit(x[:64], y[:64], batch_size=32, verbose=0)
+        for a, b in zip(before, weights_of(base)):
+            assert not np.array_equal(a, b)
+
+    def test_train_base_changes_the_base(self, digits):
+        (x, y), _ = digits
+        base = make_cnn()
+        before = weights_of(base)
+        tac = keras_tac.TACModel(base, train_base=True)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        tac.fit(x[:64], y[:64], batch_size=32, verbose=0)
+        assert base.trainable
+        for a, b in zip(before, weights_of(base)):
+            assert not np.array_equal(a, b)
 
     @pytest.mark.parametrize("cache_features", [False, True])
     def test_training_step_is_traced_once(
@@ -334,27 +483,105 @@ class TestJoint:
             keras_tac.TACModel(base, train_base=True)
 
 
+def numpy_tac_loss(one_hot, profile, ce_codes, codes, temperature=50.0):
+    """The TAC objective per sample in NumPy (weights 1 and 10): the
+    cross-entropy against `ce_codes` (noisy in training), the regression
+    against the clean `codes`."""
+    profile = profile.astype(np.float64)
+    distances = np.abs(profile[:, None] - ce_codes[None]).mean(axis=-1)
+    logits = -temperature * distances
+    logits -= logits.max(axis=1, keepdims=True)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    cross_entropy = -(one_hot * log_softmax).sum(axis=1)
+    regression = np.abs(profile - one_hot @ codes).mean(axis=1)
+    return cross_entropy + 10.0 * regression
+
+
+def replayed_code_flips(tac):
+    """The code-noise flips the next training step of `tac` will draw: the
+    same draw from a copy of its seed generator's state."""
+    replay = keras.random.SeedGenerator(0)
+    replay.state.assign(ops.convert_to_numpy(tac.seed_generator.state))
+    uniform = keras.random.uniform(tac.codes.shape, seed=replay)
+    return ops.convert_to_numpy(uniform) < tac.tac_loss.code_noise
+
+
 class TestRegularisers:
-    @pytest.mark.parametrize(
-        "kwargs",
-        [
-            dict(code_noise=0.15),
-            dict(mixup_alpha=0.2),
-            dict(
-                trainable_temperature=True, reduction="median", slicing="random"
-            ),
-        ],
-    )
-    def test_train_finite(self, trained_cnn, digits, kwargs):
-        tac = fitted_tac(trained_cnn, digits, epochs=1, **kwargs)
+    def test_code_noise_flips_codes_in_the_training_cross_entropy(
+        self, trained_cnn, digits
+    ):
+        (x, y), _ = digits
+        x, y = x[:32], y[:32]
+        # The largest temperature, so the flips move the cross-entropy well
+        # beyond the tolerance of the comparisons.
+        tac = keras_tac.TACModel(
+            trained_cnn, code_noise=0.3, temperature=50.0, seed=4
+        )
+        codes = tac.codes.astype(np.float64)
+        one_hot = np.eye(10)[y]
+        profile = ops.convert_to_numpy(tac(x)["profile"])
+        flips = replayed_code_flips(tac)
+        assert 0.15 < flips.mean() < 0.45
+        noisy_codes = np.where(flips, -codes, codes)
+        training = float(tac.compute_loss(x, y, training=True))
+        inference = float(tac.compute_loss(x, y, training=False))
+        clean = numpy_tac_loss(one_hot, profile, codes, codes).mean()
+        noisy = numpy_tac_loss(one_hot, profile, noisy_codes, codes).mean()
+        np.testing.assert_allclose(inference, clean, rtol=1e-4)
+        np.testing.assert_allclose(training, noisy, rtol=1e-4)
+        # Apart by far more than the tolerance of the comparisons.
+        assert abs(noisy - clean) > 1e-3 * clean
+
+    @pytest.mark.parametrize("cache_features", [True, False])
+    def test_fit_trains_with_the_code_noise(
+        self, trained_cnn, digits, cache_features
+    ):
+        # One step of a zero learning rate: the training loss is the noisy
+        # loss at the initial weights, evaluation the clean one.
+        (x, y), _ = digits
+        x, y = x[:32], y[:32]
+        tac = keras_tac.TACModel(
+            trained_cnn, code_noise=0.3, temperature=50.0, seed=4
+        )
+        tac.compile(optimizer=keras.optimizers.SGD(0.0))
+        codes = tac.codes.astype(np.float64)
+        one_hot = np.eye(10)[y]
+        profile = tac.predict(x, verbose=0)["profile"]
+        noisy_codes = np.where(replayed_code_flips(tac), -codes, codes)
+        history = tac.fit(
+            x,
+            y,
+            batch_size=32,
+            cache_features=cache_features,
+            verbose=0,
+        )
+        evaluated = tac.evaluate(x, y, return_dict=True, verbose=0)
+        np.testing.assert_allclose(
+            history.history["loss"][0],
+            numpy_tac_loss(one_hot, profile, noisy_codes, codes).mean(),
+            rtol=1e-4,
+        )
+        np.testing.assert_allclose(
+            evaluated["loss"],
+            numpy_tac_loss(one_hot, profile, codes, codes).mean(),
+            rtol=1e-4,
+        )
+
+    def test_trainable_temperature_trains(self, trained_cnn, digits):
+        tac = fitted_tac(
+            trained_cnn,
+            digits,
+            epochs=1,
+            trainable_temperature=True,
+            reduction="median",
+            slicing="random",
+        )
         (x, y), _ = digits
         metrics = tac.evaluate(x[:128], y[:128], return_dict=True, verbose=0)
         assert np.isfinite(metrics["loss"])
-        temperature = float(ops.convert_to_numpy(tac.temperature))
-        if kwargs.get("trainable_temperature"):
-            assert temperature != 10.0
-        else:
-            assert temperature == 10.0
+        assert float(ops.convert_to_numpy(tac.temperature)) != 10.0
+        fixed = fitted_tac(trained_cnn, digits, epochs=1)
+        assert float(ops.convert_to_numpy(fixed.temperature)) == 10.0
 
 
 class TestRejection:
@@ -415,6 +642,97 @@ class TestRejection:
         with pytest.raises(ValueError, match="NaN or infinite"):
             tac.compile()
             tac.fit(bad, np.zeros(6, "int32"), verbose=0)
+
+
+class TestLabels:
+    @pytest.mark.parametrize("cache_features", [True, False])
+    def test_whole_float_labels_match_integers(
+        self, trained_cnn, digits, cache_features
+    ):
+        (x, y), (x_test, y_test) = digits
+        x, y, x_test, y_test = x[:128], y[:128], x_test[:60], y_test[:60]
+        results = []
+        for dtype in ("int32", "float64", "float32"):
+            keras.utils.set_random_seed(0)
+            tac = keras_tac.TACModel(trained_cnn)
+            tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+            history = tac.fit(
+                x,
+                y.astype(dtype),
+                batch_size=32,
+                epochs=2,
+                cache_features=cache_features,
+                verbose=0,
+            )
+            results.append(
+                (
+                    history.history,
+                    [np.array(w) for w in tac.head.get_weights()],
+                    tac.evaluate(
+                        x_test,
+                        y_test.astype(dtype),
+                        return_dict=True,
+                        verbose=0,
+                    ),
+                    tac.calibrate(
+                        x_test,
+                        y_test.astype(dtype),
+                        target_coverage=0.8,
+                        verbose=0,
+                    ),
+                )
+            )
+        expected = results[0]
+        correct = tac.predict(x_test, verbose=0)["prediction"] == y_test
+        assert expected[3]["accuracy"] == correct.mean()
+        for result in results[1:]:
+            np.testing.assert_equal(result, expected)
+
+    @pytest.mark.parametrize("bad", [2.5, np.nan])
+    def test_non_whole_labels_are_errors(self, trained_cnn, digits, bad):
+        _, (x, y) = digits
+        x = x[:8]
+        y = y[:8].astype("float64")
+        y[5] = bad
+        tac = keras_tac.TACModel(trained_cnn, score="distance")
+        tac.compile()
+        for method in (tac.fit, tac.evaluate, tac.calibrate):
+            with pytest.raises(ValueError) as error:
+                method(x, y, verbose=0)
+            message = str(error.value)
+            assert "whole numbers in [0, 9]" in message, message
+            assert "Received 1 invalid label(s)" in message, message
+        assert tac.threshold is None
+
+    @pytest.mark.parametrize("inputs", ["arrays", "dataset"])
+    def test_calibrate_checks_labels_against_the_predictions(
+        self, trained_cnn, digits, inputs
+    ):
+        import tensorflow as tf
+
+        _, (x, y) = digits
+        x, y = x[:40], y[:40]
+        data = x
+        if inputs == "dataset":
+            data = tf.data.Dataset.from_tensor_slices(x).batch(16)
+        tac = keras_tac.TACModel(trained_cnn, score="distance")
+        prediction = tac.predict(x, verbose=0)["prediction"]
+        summary = tac.calibrate(data, y.tolist(), verbose=0)
+        assert summary["accuracy"] == pytest.approx(np.mean(prediction == y))
+        threshold = tac.threshold
+        bad_labels = {
+            "expected 40 labels, one per input sample": y[:39],
+            "whole numbers in [0, 9]": np.where(y == 3, 10, y),
+            "whole numbers": np.where(y == 3, 2.5, y),
+        }
+        for fragment, labels in bad_labels.items():
+            for form in (labels, labels.tolist()):
+                with pytest.raises(ValueError) as error:
+                    tac.calibrate(data, form, verbose=0)
+                message = str(error.value)
+                assert fragment in message and "Received" in message
+        # Refused before anything was stored.
+        assert tac.threshold == threshold
 
 
 class TestInputChecks:

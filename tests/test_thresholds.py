@@ -366,8 +366,9 @@ class TestSGR(NumpyTests):
 @pytest.fixture
 def digits_tac(trained_cnn):
     """An add-on TAC over the trained digits CNN. Its projections are not
-    trained: calibration only needs some confidence score."""
-    return keras_tac.TACModel(trained_cnn, seed=1)
+    trained: calibration only needs some confidence score (TAC's distance,
+    which needs no training statistics)."""
+    return keras_tac.TACModel(trained_cnn, seed=1, score="distance")
 
 
 class TestCalibrate:
@@ -399,7 +400,7 @@ class TestCalibrate:
         # three calibration inputs are non-finite (never accepted, but
         # counted in the coverage).
         (x_train, y_train), (x, y) = digits
-        tac = keras_tac.TACModel(trained_cnn, seed=1)
+        tac = keras_tac.TACModel(trained_cnn, seed=1, score="distance")
         tac.compile(optimizer=keras.optimizers.Adam(1e-2))
         tac.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
         x = x.copy()
@@ -438,6 +439,28 @@ class TestCalibrate:
         np.testing.assert_array_equal(
             restored.predict_with_rejection(x, verbose=0)["accepted"],
             confidence >= summary["threshold"],
+        )
+
+    def test_combined_confidence_is_calibrated_on_the_data(
+        self, trained_cnn, digits
+    ):
+        # The default score standardises its signals on the calibration
+        # inputs, then picks the threshold on the calibrated confidences:
+        # the ones `predict` gives afterwards.
+        (x_train, y_train), (x, y) = digits
+        tac = keras_tac.TACModel(trained_cnn, seed=1)
+        assert tac.score == "combined"
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        tac.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+        with pytest.raises(ValueError, match="fit_statistics"):
+            keras_tac.TACModel(trained_cnn).calibrate(x, verbose=0)
+        summary = tac.calibrate(x, y, target_coverage=0.8, verbose=0)
+        confidence = tac.predict(x, verbose=0)["confidence"]
+        assert summary["threshold"] == thresholds.coverage_threshold(
+            confidence, 0.8
+        )
+        assert summary["coverage"] == np.mean(
+            confidence >= summary["threshold"]
         )
 
     def test_infeasible_risk_raises(self, digits_tac, digits):

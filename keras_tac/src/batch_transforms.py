@@ -18,6 +18,8 @@ profile toward the same mix of codes.
 import keras
 import numpy as np
 
+from keras_tac.src import validation
+from keras_tac.src.losses.tac_loss import PROBABILITY_TOLERANCE
 from keras_tac.src.streaming import ArrayBatches
 
 
@@ -148,9 +150,11 @@ def _augment(augmentation, x):
 
 
 def _as_probabilities(labels, num_classes):
-    if labels.ndim == 2 and labels.shape[1] == num_classes > 1:
+    # Checked here too: batches of a dataset or generator reach `fit`
+    # unchecked, and mixing would hide an invalid label (2.5 read as 2).
+    labels = validation.check_labels(labels, num_classes, where="fit")
+    if labels.ndim == 2:
         return labels.astype("float32")
-    labels = labels.reshape(-1).astype("int64")
     return np.eye(num_classes, dtype="float32")[labels]
 
 
@@ -192,11 +196,34 @@ def _tf_transformed(dataset, augmentation, mixup_alpha, num_classes, seed):
                 tensor, permutation
             )
 
-        if y.shape.rank == 2 and y.shape[-1] == num_classes > 1:
-            probabilities = tf.cast(y, tf.float32)
-        else:
-            labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
-            probabilities = tf.one_hot(labels, num_classes)
+        probabilities = _tf_probabilities(y, num_classes)
         return (tf.nest.map_structure(mixed, x), mixed(probabilities), *rest)
 
     return dataset.map(transform)
+
+
+def _tf_probabilities(y, num_classes):
+    """Labels as float32 class probabilities in a TensorFlow graph, with the
+    rule of `labels_to_probabilities`: invalid labels (not whole, out of
+    range, NaN; probability rows that are negative or do not sum to 1)
+    become rows of NaN, so the loss is NaN rather than mixed into a valid
+    looking target."""
+    import tensorflow as tf
+
+    if y.shape.rank == 2 and y.shape[-1] == num_classes > 1:
+        probabilities = tf.cast(y, tf.float32)
+        valid = tf.reduce_all(probabilities >= 0.0, axis=-1) & (
+            tf.abs(tf.reduce_sum(probabilities, axis=-1) - 1.0)
+            <= PROBABILITY_TOLERANCE
+        )
+    else:
+        values = tf.cast(tf.reshape(y, [-1]), tf.float32)
+        # NaN fails every comparison, so NaN labels are invalid too.
+        valid = (
+            (values >= 0.0)
+            & (values < float(num_classes))
+            & (tf.floor(values) == values)
+        )
+        indices = tf.cast(tf.where(valid, values, 0.0), tf.int32)
+        probabilities = tf.one_hot(indices, num_classes)
+    return tf.where(valid[:, None], probabilities, float("nan"))

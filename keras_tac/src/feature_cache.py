@@ -25,6 +25,7 @@ import numpy as np
 from keras_tac.src import config
 from keras_tac.src import jax_backend
 from keras_tac.src import keras_internals
+from keras_tac.src import statistics
 from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.streaming import ArrayBatches
 from keras_tac.src.validation import model_inputs
@@ -140,6 +141,7 @@ def fit_on_cached_features(model, x, y, validation_data, fit_kwargs):
     try:
         progress = verbose if verbose in (1, "auto") else 0
         features = store.compute(extractor, x, batch_size, progress)
+        labels = y
         if validation_data:
             validation_data = (
                 store.compute(extractor, validation_data[0], batch_size, 0),
@@ -168,6 +170,17 @@ def fit_on_cached_features(model, x, y, validation_data, fit_kwargs):
                 callbacks=callbacks,
                 verbose=verbose,
                 **fit_kwargs,
+            )
+        if model.confidence_layer is not None:
+            # The training statistics, from the features at hand.
+            statistics.fit_after_training(
+                model,
+                lambda: statistics.fit_statistics_from_features(
+                    model,
+                    features[BASE_OUTPUT_KEY],
+                    [features[tap_key(i)] for i in range(extractor.num_taps)],
+                    labels,
+                ),
             )
         return model.history
     finally:

@@ -17,7 +17,7 @@ from keras import ops
 from keras_tac.src import jax_backend
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
-from keras_tac.src.layers.tap_pooling import TapPooling
+from keras_tac.src.layers.tac_head import score_of
 from keras_tac.src.validation import model_inputs
 
 # Values must not reference their key (the TAC model), or it never dies.
@@ -41,6 +41,9 @@ class FeatureBatch:
             of the profile to the class codes.
         inner_products: `(batch, num_classes)` float32, `<z, c_k>`.
         default_score: str, the TAC model's configured `score`.
+        confidence: `(batch,)` float32, the combined confidence (models
+            with `score="combined"`), else `None`.
+        parts: `(batch, 4)` float32, its raw signals, else `None`.
     """
 
     def __init__(
@@ -52,6 +55,8 @@ class FeatureBatch:
         distances=None,
         inner_products=None,
         default_score="distance",
+        confidence=None,
+        parts=None,
     ):
         self.base_output = base_output
         self.probabilities = probabilities
@@ -61,6 +66,8 @@ class FeatureBatch:
         self.distances = distances
         self.inner_products = inner_products
         self.default_score = default_score
+        self.confidence = confidence
+        self.parts = parts
 
 
 @keras_tac_export("keras_tac.scores.FeatureExtractor")
@@ -85,13 +92,7 @@ class FeatureExtractor:
         )
         tapped = source(inputs, training=False)
         base_output, taps = tapped[0], tapped[1:]
-        # Each tap pooled in its profile layer's dtype policy, as the
-        # profile layer itself pools it: the head gives the same profile.
-        pooled = [
-            TapPooling(dtype=layer.pooling.dtype_policy)(tap)
-            for layer, tap in zip(tac.head.profile_layers, taps)
-        ]
-        head = tac.head(pooled)
+        head = tac.head(taps)
         outputs = {
             "base_output": ops.cast(base_output, "float32"),
             "profile": head["profile"],
@@ -100,13 +101,24 @@ class FeatureExtractor:
                 head["profile"]
             ),
         }
-        for index, tensor in enumerate(pooled):
+        for index, tensor in enumerate(head["pooled"]):
             outputs[f"pooled_{index}"] = ops.cast(tensor, "float32")
+        if tac.confidence_layer is not None:
+            prediction = ops.argmax(base_output, axis=-1)
+            combined = tac.confidence_layer(
+                base_output,
+                head["pooled"],
+                score_of(-head["distances"], prediction),
+                probabilities=tac.base_outputs_probabilities,
+            )
+            outputs["confidence"] = combined["confidence"]
+            outputs["parts"] = combined["parts"]
         self.model = keras.Model(inputs, outputs, name="tac_features")
         self.probabilities = bool(tac.base_outputs_probabilities)
         self.default_score = tac.score
         self.input_shapes = tac.input_shapes
         self.num_taps = len(taps)
+        self.combined = tac.confidence_layer is not None
 
     @classmethod
     def of(cls, tac):
@@ -160,18 +172,68 @@ class FeatureExtractor:
                 key: np.asarray(ops.convert_to_numpy(value))[: stop - start]
                 for key, value in self.model.predict_on_batch(batch).items()
             }
-            yield FeatureBatch(
-                base_output=outputs["base_output"],
-                probabilities=self.probabilities,
-                pooled=[outputs[f"pooled_{i}"] for i in range(self.num_taps)],
-                profile=outputs["profile"],
-                distances=outputs["distances"],
-                inner_products=outputs["inner_products"],
-                default_score=self.default_score,
-            )
+            yield self._batch(outputs)
             if progbar is not None:
                 progbar.update(stop)
+
+    def labelled_batches(
+        self, x, y=None, batch_size=256, verbose="auto", where="scores"
+    ):
+        """Yields `(FeatureBatch, labels or None)` for arrays `x` (with
+        optional labels `y`) or a dataset: a `tf.data.Dataset` or
+        `keras.utils.PyDataset` of inputs or `(inputs, labels[, weights])`.
+        """
+        if model_inputs.is_arrays(x):
+            start = 0
+            labels = None if y is None else np.asarray(y)
+            for batch in self.batches(x, batch_size, verbose, where):
+                stop = start + len(batch.base_output)
+                yield batch, None if labels is None else labels[start:stop]
+                start = stop
+            return
+        for element in _dataset_elements(x):
+            inputs, labels = element, None
+            if isinstance(element, tuple):
+                inputs = element[0]
+                labels = element[1] if len(element) > 1 else None
+            outputs = {
+                key: np.asarray(ops.convert_to_numpy(value))
+                for key, value in self.model.predict_on_batch(inputs).items()
+            }
+            yield self._batch(outputs), labels
+
+    def _batch(self, outputs):
+        return FeatureBatch(
+            base_output=outputs["base_output"],
+            probabilities=self.probabilities,
+            pooled=[outputs[f"pooled_{i}"] for i in range(self.num_taps)],
+            profile=outputs["profile"],
+            distances=outputs["distances"],
+            inner_products=outputs["inner_products"],
+            default_score=self.default_score,
+            confidence=outputs.get("confidence"),
+            parts=outputs.get("parts"),
+        )
 
     def check_inputs(self, x, where):
         """Validates `x` against the base model; returns the input count."""
         return model_inputs.check_inputs(x, self.input_shapes, where)
+
+
+def _dataset_elements(data):
+    """The elements of a `tf.data.Dataset` or `PyDataset`, as NumPy."""
+    if isinstance(data, keras.utils.PyDataset):
+        for index in range(len(data)):
+            yield (
+                tuple(data[index])
+                if isinstance(data[index], (list, tuple))
+                else data[index]
+            )
+        return
+    if hasattr(data, "as_numpy_iterator"):
+        yield from data.as_numpy_iterator()
+        return
+    raise TypeError(
+        "Expected NumPy arrays, a tf.data.Dataset or a keras.utils.PyDataset."
+        f" Received {type(data).__name__}"
+    )

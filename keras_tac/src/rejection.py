@@ -178,6 +178,13 @@ def calibrate(model, x, y=None, batch_size=None, verbose="auto", **targets):
         labels = validation.check_class_indices(
             y, model.num_classes, len(confidence), "calibrate"
         )
+    if not outputs["input_is_finite"].any():
+        raise ValueError(
+            "Cannot calibrate: no calibration input gave a finite "
+            "confidence (all inputs are non-finite)."
+        )
+    if model.confidence_layer is not None:
+        confidence = _calibrated_combined(model, outputs)
     valid = outputs["input_is_finite"] & np.isfinite(confidence)
     if not valid.any():
         raise ValueError(
@@ -223,3 +230,18 @@ def predict_with_rejection(
         accept(outputs["confidence"], outputs["input_is_finite"], threshold)
     )
     return {key: result[key] for key in REJECTION_KEYS}
+
+
+def _calibrated_combined(model, outputs):
+    """Calibrates the combined confidence on the held-out inputs' raw
+    signals; returns its values on them."""
+    layer = model.confidence_layer
+    if not float(ops.convert_to_numpy(ops.sum(layer.bank_valid))):
+        raise ValueError(
+            "Cannot calibrate: score='combined' expected statistics of the "
+            "training data, which this model does not have yet. Call `fit` "
+            "(which fits them) or `fit_statistics(x_train, y_train)` first."
+        )
+    parts = outputs["confidence_parts"]
+    layer.calibrate(parts[outputs["input_is_finite"]])
+    return ops.convert_to_numpy(layer.combine(parts))

@@ -12,11 +12,13 @@ from keras_tac.src import jax_backend
 from keras_tac.src import keras_internals
 from keras_tac.src import rejection
 from keras_tac.src import saving
+from keras_tac.src import statistics
 from keras_tac.src import streaming
 from keras_tac.src import tapping
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.frozen_base import FrozenBaseMixin
+from keras_tac.src.layers.combined_confidence import CombinedConfidence
 from keras_tac.src.layers.tac_head import SCORES
 from keras_tac.src.layers.tac_head import TACHead
 from keras_tac.src.layers.tac_head import score_of
@@ -26,6 +28,8 @@ from keras_tac.src.losses.tac_loss import labels_to_probabilities
 from keras_tac.src.validation import model_inputs
 
 BASE_OUTPUTS = ("auto", "logits", "probabilities")
+# The model's confidence scores: keras-tac's default, then TAC's own.
+MODEL_SCORES = ("combined", *SCORES)
 
 
 @keras_tac_export("keras_tac.TACModel")
@@ -118,12 +122,12 @@ class TACModel(FrozenBaseMixin, keras.Model):
         base_model,
         tap_layers=None,
         num_slices=16,
-        projection="small",
+        projection="large",
         train_base=False,
         seed=0,
         slicing="uniform",
         reduction="mean",
-        score="distance",
+        score="combined",
         temperature=10.0,
         trainable_temperature=False,
         cross_entropy_weight=1.0,
@@ -136,7 +140,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
     ):
         super().__init__(**kwargs)
         tapping.check_base_model(base_model, train_base)
-        validation.check_choice("score", score, SCORES)
+        validation.check_choice("score", score, MODEL_SCORES)
         validation.check_choice("base_output", base_output, BASE_OUTPUTS)
         validation.check_number("mixup_alpha", mixup_alpha, 0.0, math.inf)
         validation.check_number("base_loss_weight", base_loss_weight)
@@ -160,7 +164,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
             projection=projection,
             slicing=slicing,
             reduction=reduction,
-            score=score,
+            score="distance" if score == "combined" else score,
             temperature=temperature,
             trainable_temperature=trainable_temperature,
             seed=self.seed,
@@ -178,6 +182,13 @@ class TACModel(FrozenBaseMixin, keras.Model):
             self, "_tap_model", tapping.tap_model(base_model, taps)
         )
         tapping.build_head(self.head, self._tap_model, self.tap_layers)
+        self.confidence_layer = None
+        if score == "combined":
+            self.confidence_layer = CombinedConfidence(
+                self.num_classes,
+                [layer.input_width for layer in self.head.profile_layers],
+                name="combined_confidence",
+            )
         # NaN until `calibrate` sets it: an uncalibrated model does not
         # reject silently, it refuses to decide.
         self.rejection_threshold = self.add_weight(
@@ -237,7 +248,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
         base_output, taps = tapped[0], tapped[1:]
         head = self.head(taps, training=training)
         prediction = ops.cast(ops.argmax(base_output, axis=-1), "int32")
-        return {
+        outputs = {
             "base_output": base_output,
             "profile": head["profile"],
             "distances": head["distances"],
@@ -247,6 +258,16 @@ class TACModel(FrozenBaseMixin, keras.Model):
             "tac_confidence": head["tac_confidence"],
             "input_is_finite": rejection.finite_per_sample(inputs),
         }
+        if self.confidence_layer is not None:
+            combined = self.confidence_layer(
+                base_output,
+                head["pooled"],
+                outputs["confidence"],
+                probabilities=self.base_outputs_probabilities,
+            )
+            outputs["confidence"] = combined["confidence"]
+            outputs["confidence_parts"] = combined["parts"]
+        return outputs
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
         """Configures training. The TAC objective and the metrics
@@ -353,14 +374,72 @@ class TACModel(FrozenBaseMixin, keras.Model):
         if feature_cache.should_cache(
             self, x, y, validation_data, cache_features, kwargs, augmentation
         ):
-            return feature_cache.fit_on_cached_features(
+            history = feature_cache.fit_on_cached_features(
                 self, x, y, validation_data, kwargs
             )
-        if augmentation is not None or self.mixup_alpha > 0:
-            x, y, kwargs = batch_transforms.transformed_data(
-                x, y, kwargs, augmentation, self.mixup_alpha, self.num_classes
+        else:
+            data = (x, y)
+            if augmentation is not None or self.mixup_alpha > 0:
+                x, y, kwargs = batch_transforms.transformed_data(
+                    x,
+                    y,
+                    kwargs,
+                    augmentation,
+                    self.mixup_alpha,
+                    self.num_classes,
+                )
+            history = super().fit(
+                x, y, validation_data=validation_data, **kwargs
             )
-        return super().fit(x, y, validation_data=validation_data, **kwargs)
+            if self.confidence_layer is not None:
+                self._statistics_after_fit(*data, kwargs)
+        _warn_if_tac_learned_little(self, history)
+        return history
+
+    def fit_statistics(self, x, y=None, batch_size=None, verbose="auto"):
+        """Fits the training statistics of the combined confidence.
+
+        `fit` calls this on its training data; call it yourself when the
+        TAC head was trained elsewhere, or with other data. One streaming
+        pass: per-tap class means and a shared covariance (Mahalanobis
+        novelty) and a bank of at most 4,096 training inputs' features
+        (kNN distance). Refitting them invalidates the stored rejection
+        threshold: `calibrate` again. Models with another `score` have no
+        statistics to fit.
+
+        Args:
+            x: training inputs: arrays, or a dataset (of inputs, or of
+                `(inputs, labels)`).
+            y: labels of array inputs; `None` uses the base head's
+                predictions as class labels. Defaults to `None`.
+            batch_size, verbose: as in `predict`.
+        """
+        if self.confidence_layer is None:
+            raise ValueError(
+                f"`fit_statistics` applies to score='combined' only. This "
+                f"model's score is {self.score!r}."
+            )
+        model_inputs.check_data(self, x, None, "fit_statistics")
+        statistics.fit_statistics(self, x, y, batch_size, verbose)
+        self.rejection_threshold.assign(float("nan"))
+
+    def _statistics_after_fit(self, x, y, kwargs):
+        if not (model_inputs.is_arrays(x) or hasattr(x, "element_spec")) and (
+            not isinstance(x, keras.utils.PyDataset)
+        ):
+            warnings.warn(
+                "TACModel.fit: the training data is a generator, which cannot "
+                "be read twice: call `fit_statistics(x_train, y_train)` "
+                "before `calibrate`.",
+                stacklevel=3,
+            )
+            return
+        statistics.fit_after_training(
+            self,
+            lambda: self.fit_statistics(
+                x, y, batch_size=kwargs.get("batch_size"), verbose=0
+            ),
+        )
 
     def evaluate(self, x=None, y=None, **kwargs):
         model_inputs.check_data(self, x, y, "evaluate")
@@ -521,3 +600,25 @@ class TACModel(FrozenBaseMixin, keras.Model):
 
     def compile_from_config(self, config):
         saving.compile_from_config_across_backends(self, config)
+
+
+def _warn_if_tac_learned_little(model, history):
+    """Warns when TAC's own training accuracy stayed far below the base's:
+    the tapped layers then carry little that TAC can read."""
+    logs = getattr(history, "history", None) or {}
+    if not logs.get("tac_accuracy") or not logs.get("base_accuracy"):
+        return
+    tac_accuracy = logs["tac_accuracy"][-1]
+    base_accuracy = logs["base_accuracy"][-1]
+    chance = 1.0 / model.num_classes
+    if tac_accuracy > max(2.0 * chance, 0.5 * base_accuracy):
+        return
+    warnings.warn(
+        f"TACModel.fit: TAC's nearest-code accuracy after training is "
+        f"{tac_accuracy:.1%} against the base's {base_accuracy:.1%} (chance "
+        f"{chance:.1%}): TAC learned little from the taps "
+        f"{model.tap_layers}. Try deeper taps (`tap_layers=`, e.g. the "
+        "input of the classification head), a larger `projection` "
+        "(`'large'`), more epochs or a larger learning rate.",
+        stacklevel=3,
+    )

@@ -124,7 +124,9 @@ class TACHead(keras.layers.Layer):
             last (already pooled `(batch, C_l)` tensors are fine).
 
     Returns:
-        A dict of float32 tensors (int32 for predictions): `"profile"`
+        A dict of float32 tensors (int32 for predictions): `"pooled"` (a
+        list: each tap averaged over its spatial axes, `(batch, C_l)`, in
+        the profile layer's compute dtype), `"profile"`
         `(batch, M)`, `"distances"` `(batch, num_classes)` (normalised L1
         distance to each code), `"scores"` `(batch, num_classes)` (the
         confidence in each class, see `score`), `"tac_prediction"`
@@ -238,10 +240,17 @@ class TACHead(keras.layers.Layer):
                 f"TACHead expected {len(self.profile_layers)} tapped tensors. "
                 f"Received {len(taps)}"
             )
+        # Pooled here (the profile layers pass pooled tensors through), so
+        # the pooled taps are an output too: the feature cache keeps them,
+        # the combined confidence and the scorers read them.
+        pooled = [
+            tap if len(tap.shape) == 2 else layer.pooling(tap)
+            for layer, tap in zip(self.profile_layers, taps)
+        ]
         profile = ops.concatenate(
             [
                 ops.cast(layer(tap), "float32")
-                for layer, tap in zip(self.profile_layers, taps)
+                for layer, tap in zip(self.profile_layers, pooled)
             ],
             axis=-1,
         )
@@ -252,6 +261,7 @@ class TACHead(keras.layers.Layer):
         scores = class_scores(self.score, distances, inner_products)
         tac_prediction = self.code_matching.nearest_codes(profile)
         return {
+            "pooled": pooled,
             "profile": profile,
             "distances": distances,
             "scores": scores,
@@ -263,6 +273,12 @@ class TACHead(keras.layers.Layer):
         batch = taps[0].shape[0]
         length = self.block_width * len(taps)
         return {
+            "pooled": [
+                keras.KerasTensor(
+                    (batch, tap.shape[-1]), layer.pooling.compute_dtype
+                )
+                for layer, tap in zip(self.profile_layers, taps)
+            ],
             "profile": keras.KerasTensor((batch, length), "float32"),
             "distances": keras.KerasTensor((batch, self.num_classes)),
             "scores": keras.KerasTensor((batch, self.num_classes)),

@@ -24,7 +24,10 @@ class TACScore(Scorer):
 
     - `"distance"`: `-d_{y_hat}`, closeness to the predicted class's code;
     - `"nearest_distance"`: `-min_k d_k`, closeness to the nearest code;
-    - `"inner_product"`: `<z, c_{y_hat}>`, the reference's score.
+    - `"inner_product"`: `<z, c_{y_hat}>`, the reference's score;
+    - `"combined"`: keras-tac's default confidence
+      (`keras_tac.layers.CombinedConfidence`), for a model with
+      `score="combined"`.
 
     These equal `TACModel`'s `"confidence"` output for the same `score`.
 
@@ -44,12 +47,19 @@ class TACScore(Scorer):
 
     def __init__(self, kind=None, name=None):
         if kind is not None:
-            validation.check_choice("kind", kind, SCORES)
+            validation.check_choice("kind", kind, ("combined", *SCORES))
         super().__init__(name=name or (f"tac_{kind}" if kind else "tac"))
         self.kind = kind
 
     def score_batch(self, features):
         kind = self.kind or features.default_score
+        if kind == "combined":
+            if features.confidence is None:
+                raise ValueError(
+                    f"Scorer {self.name!r}: the combined confidence needs a "
+                    "TAC model with score='combined'."
+                )
+            return np.asarray(features.confidence, dtype=np.float64)
         scores = class_scores(kind, features.distances, features.inner_products)
         confidence = score_of(scores, features.prediction)
         return np.asarray(ops.convert_to_numpy(confidence), dtype=np.float64)

@@ -1,0 +1,1 @@
+"""The reference's training recipes (ServiceNow/tac), runnable by name."""

@@ -1,0 +1,94 @@
+"""The training statistics of the combined confidence.
+
+`CombinedConfidence` compares each input with the training data: the
+Mahalanobis novelty needs per-tap class means and a shared covariance, the
+kNN distance a bank of normalised last-tap features. Both are fitted here,
+in one streaming pass, by the same scorers that `keras_tac.scores` offers
+(`MahalanobisDistance`, `DeepKNN`), then stored in the layer's weights.
+"""
+
+import warnings
+
+import numpy as np
+
+from keras_tac.src.features import FeatureBatch
+from keras_tac.src.features import FeatureExtractor
+from keras_tac.src.scores.deep_knn import DeepKNN
+from keras_tac.src.scores.mahalanobis import MahalanobisDistance
+from keras_tac.src.validation import checks
+
+
+def fit_statistics(model, x, y=None, batch_size=None, verbose="auto"):
+    """`TACModel.fit_statistics`: one pass over training data `x` (arrays
+    or a dataset, with labels `y` or in the dataset; without labels the
+    base head's predictions stand in for them)."""
+    extractor = FeatureExtractor.of(model)
+    batches = extractor.labelled_batches(
+        x, y, batch_size or 256, verbose, "fit_statistics"
+    )
+    _store(model, ((batch, labels) for batch, labels in batches))
+
+
+def fit_statistics_from_features(model, base_output, pooled, y):
+    """The same from cached features: base outputs `(n, K)` and a list of
+    pooled taps `(n, d_l)` (arrays or memmaps), with labels `y`."""
+    step = 4096
+    batches = (
+        (
+            FeatureBatch(
+                np.asarray(base_output[start : start + step]),
+                model.base_outputs_probabilities,
+                [np.asarray(p[start : start + step]) for p in pooled],
+            ),
+            None if y is None else np.asarray(y)[start : start + step],
+        )
+        for start in range(0, len(base_output), step)
+    )
+    _store(model, batches)
+
+
+class TooFewInputs(ValueError):
+    """Fewer training inputs than the kNN distance's `k`."""
+
+
+def fit_after_training(model, fit):
+    """Runs `fit()` (one of the functions above) after `TACModel.fit`; a
+    training set smaller than the kNN distance's `k` leaves the statistics
+    unfitted, with a warning, instead of failing the training."""
+    try:
+        fit()
+    except TooFewInputs as error:
+        warnings.warn(
+            f"TACModel.fit: {error}; the combined confidence cannot be "
+            "calibrated until `fit_statistics` runs on more data.",
+            stacklevel=4,
+        )
+    model.rejection_threshold.assign(float("nan"))
+
+
+def _store(model, batches):
+    layer = model.confidence_layer
+    mahalanobis = MahalanobisDistance(taps="all")
+    knn = DeepKNN(
+        k=layer.k, tap=-1, max_bank_size=layer.bank_size, seed=model.seed
+    )
+    seen = 0
+    for batch, labels in batches:
+        if labels is None:
+            labels = batch.prediction
+        labels = checks.check_class_indices(
+            labels, model.num_classes, len(batch.base_output), "fit_statistics"
+        )
+        mahalanobis.update(batch, labels)
+        knn.update(batch, labels)
+        seen += len(labels)
+    if seen < layer.k:
+        raise TooFewInputs(
+            f"`fit_statistics` needs at least k={layer.k} training inputs. "
+            f"Received {seen}"
+        )
+    mahalanobis.finalize()
+    knn.finalize()
+    layer.set_statistics(
+        mahalanobis.means, mahalanobis.precisions, mahalanobis.present, knn.bank
+    )
