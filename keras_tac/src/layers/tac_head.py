@@ -41,9 +41,9 @@ def class_scores(kind, distances, inner_products=None):
     Example:
 
     >>> import numpy as np
-    >>> scores = class_scores("nearest_distance", np.array([[0.5, 0.2]]))
+    >>> scores = class_scores("nearest_distance", np.array([[0.5, 0.25]]))
     >>> np.asarray(scores).tolist()
-    [[-0.2, -0.2]]
+    [[-0.25, -0.25]]
     """
     _check_score(kind)
     if kind == "inner_product":
