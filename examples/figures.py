@@ -4,10 +4,11 @@ Each example records the figures it prints in `examples/results/NAME.json`,
 stamped with the commit and the backend they came from, per mode
 (`"full"`: the documented run; `"quick"`: the short run of the test suite)
 and per backend. `--update-figures` records them; otherwise the run checks
-its figures against the recorded ones of its mode and backend and exits
-with an error naming every figure that drifted out of its tolerance band,
-so a regression in confidence quality fails the test suite instead of
-going unnoticed. The README quotes the full figures from these files
+its figures against the recorded ones of its mode and backend and names
+every figure that drifted out of its tolerance band; in quick mode it then
+exits with an error, so a regression in confidence quality fails the test
+suite instead of going unnoticed (a full run on other hardware only
+reports the drift). The README quotes the full figures from these files
 (`tests/test_examples.py` checks that it does).
 """
 
@@ -34,7 +35,14 @@ def stamp():
             check=True,
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "keras_tac", "examples"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "keras_tac",
+                "examples",
+                ":!examples/results",
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -108,7 +116,11 @@ def record_or_check(name, figures, quick, update, tolerances):
         )
         for line in drifted:
             print(f"  {line}")
-        sys.exit(1)
+        if quick:
+            # The test suite's check; a full run on other hardware may
+            # legitimately differ, so it only reports.
+            sys.exit(1)
+        return
     print(
         f"All {len(recorded['figures'])} {mode} figures within tolerance of "
         f"those recorded at {recorded['stamp']['commit']} ({backend})."

@@ -38,6 +38,7 @@ except ImportError as error:
         ) from _BACKEND_ERROR
 
 else:
+    from keras_tac import attacks
     from keras_tac import config
     from keras_tac import datasets
     from keras_tac import layers

@@ -4,7 +4,18 @@ whole suite runs in minutes on every backend."""
 import keras
 import numpy as np
 import pytest
+from keras import ops
 from sklearn.datasets import load_digits
+
+
+def to_numpy(x):
+    """A backend tensor (or array, or list) as a NumPy array."""
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def assert_allclose(actual, desired, **kwargs):
+    """`np.testing.assert_allclose` on tensors of any backend."""
+    np.testing.assert_allclose(to_numpy(actual), to_numpy(desired), **kwargs)
 
 
 @pytest.fixture(autouse=True)

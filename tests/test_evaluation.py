@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 import keras_tac
 from keras_tac import metrics
@@ -56,8 +57,24 @@ class TestCompareScores:
             ],
             abs=1e-6,
         )
+        # Uniform-noise images: Mahalanobis on the pooled taps ranks them
+        # below the test digits on every backend. (DeepKNN on L2-normalised
+        # penultimate features does not with this small CNN: its OOD AUROC
+        # measured 0.93 on JAX, 0.86 on PyTorch and 0.49 on TensorFlow,
+        # confirmed by brute force; the normalisation drops the feature
+        # norm that sets noise apart. Its value is checked, not floored.)
         for name in ("mahalanobis", "knn"):
-            assert 0.0 <= report[name]["ood_auroc"] <= 1.0
+            ood_auroc = report[name]["ood_auroc"]
+            in_scores = details["test_scores"][name]
+            out_scores = details["ood_scores"]["ood"][name]
+            assert ood_auroc == pytest.approx(
+                roc_auc_score(
+                    np.r_[np.ones(len(in_scores)), np.zeros(len(out_scores))],
+                    np.r_[in_scores, out_scores],
+                ),
+                abs=1e-9,
+            )
+        assert report["mahalanobis"]["ood_auroc"] > 0.9
         assert set(details["ood_scores"]) == {"ood"}
 
     def test_several_ood_sets_and_fitted_scorers(self, setup):
@@ -85,6 +102,35 @@ class TestCompareScores:
         assert "mahalanobis" not in report and "knn" not in report
         assert {"msp", "max_logit", "energy", "tac"} <= set(report)
         assert "ood_auroc" not in report["tac"]
+
+    def test_label_rule(self, setup):
+        tac, (x_fit, y_fit), (x_test, y_test), noise = setup
+
+        def report(test_labels, fit_labels):
+            return keras_tac.compare_scores(
+                tac,
+                x_test,
+                test_labels,
+                x_fit=x_fit,
+                y_fit=fit_labels,
+                x_ood=noise,
+                scorers=[scores.MaxLogit(), scores.MahalanobisDistance()],
+                verbose=0,
+            )
+
+        expected = report(y_test, y_fit)
+        np.testing.assert_equal(
+            report(y_test.astype("float64"), y_fit.astype("float32")),
+            expected,
+        )
+        for bad in (2.5, np.nan):
+            for which in ("y_test", "y_fit"):
+                labels = {"y_test": y_test, "y_fit": y_fit}
+                labels[which] = labels[which].astype("float64")
+                labels[which][3] = bad
+                with pytest.raises(ValueError) as error:
+                    report(labels["y_test"], labels["y_fit"])
+                assert "whole numbers in [0, 9]" in str(error.value)
 
     def test_bad_arguments(self, setup):
         tac, (x_fit, y_fit), (x_test, y_test), noise = setup

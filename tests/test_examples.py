@@ -39,6 +39,29 @@ def test_mnist_rejection(tmp_path):
     assert out["accepted"].shape == (3,)
 
 
+def test_reference_mnist(tmp_path):
+    output = os.path.join(tmp_path, "reference_mnist.keras")
+    stdout = run_example("reference_mnist.py", "--quick", "--output", output)
+    assert "trained from scratch on 160 digits for 1 of the recipe's 200" in (
+        stdout
+    )
+    assert "Shortened:" in stdout
+    for figure in (
+        "base accuracy",
+        "TAC accuracy",
+        "error-detection AUROC, TAC",
+        "error-detection AUROC, max softmax",
+        "accepted fraction",
+        "accuracy on accepted",
+    ):
+        assert f"| {figure} |" in stdout
+    tac = keras.saving.load_model(output)
+    assert tac.threshold is not None
+    assert tac.score == "inner_product"
+    out = tac.predict_with_rejection(np.zeros((2, 28, 28, 1), "float32"))
+    assert out["accepted"].shape == (2,)
+
+
 def test_saved_model_loads_and_predicts():
     """The committed model that the README's quick start loads."""
     path = os.path.join(ROOT, "saved_models", "mnist_tac.keras")

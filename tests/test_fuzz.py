@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import make_cnn
+from conftest import to_numpy
 from hypothesis import strategies as st
 from keras import ops
 
@@ -58,10 +59,6 @@ def is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(
         value, (bool, np.bool_)
     )
-
-
-def to_numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 # Anything a user might pass for a scalar argument.

@@ -38,6 +38,10 @@ WORKER = os.path.join(os.path.dirname(__file__), "backend_worker.py")
 SEEDS = (0, 7, 2**31 - 1)
 # Float outputs agree within this across backends (float32, same weights).
 TOLERANCE = 1e-5
+# The combined confidence divides each signal by its spread on the
+# calibration data (for the log max softmax a few hundredths), which
+# magnifies float32 differences between backends about a hundredfold.
+CONFIDENCE_TOLERANCE = 1e-3
 FUZZ = hypothesis.settings(max_examples=10, deadline=None, database=None)
 
 
@@ -102,8 +106,9 @@ def assert_same_snapshot(after, before):
 
 def assert_same_model(got, expected, num_real, where):
     """Same codes, slices, threshold and weights (exactly), same outputs
-    (within `TOLERANCE` on real inputs, 1e-4 relative on the 1e6-scaled
-    ones) and same decisions away from the threshold."""
+    (within `TOLERANCE` on real inputs, `CONFIDENCE_TOLERANCE` for the
+    combined confidence, 1e-4 relative on the 1e6-scaled ones) and same
+    decisions away from the threshold."""
     np.testing.assert_array_equal(got["codes"], expected["codes"], where)
     slice_keys = [key for key in expected if key.startswith("slices_")]
     weight_keys = [key for key in expected if key.startswith("weight_")]
@@ -113,11 +118,12 @@ def assert_same_model(got, expected, num_real, where):
     assert float(got["threshold"]) == float(expected["threshold"]), where
     real, extreme = slice(0, num_real), slice(num_real, num_real + 4)
     for key in FLOAT_OUTPUTS:
+        tolerance = CONFIDENCE_TOLERANCE if key == "confidence" else TOLERANCE
         np.testing.assert_allclose(
             got[key][real],
             expected[key][real],
-            rtol=TOLERANCE,
-            atol=TOLERANCE,
+            rtol=tolerance,
+            atol=tolerance,
             err_msg=f"{where}: {key}",
         )
         np.testing.assert_allclose(
@@ -135,9 +141,9 @@ def assert_same_model(got, expected, num_real, where):
         expected["tac_prediction"][real][signs_clear],
     )
     margin = np.abs(expected["confidence"][real] - expected["threshold"])
+    far = margin > CONFIDENCE_TOLERANCE
     np.testing.assert_array_equal(
-        got["accepted"][real][margin > 1e-4],
-        expected["accepted"][real][margin > 1e-4],
+        got["accepted"][real][far], expected["accepted"][real][far]
     )
     assert not got["accepted"][num_real:].any(), where
     np.testing.assert_array_equal(

@@ -293,6 +293,8 @@ class TestForward:
                 "tac_prediction",
                 "tac_confidence",
                 "input_is_finite",
+                # The default score="combined" also returns its signals.
+                "confidence_parts",
             }
         )
         for key in training:
@@ -864,3 +866,37 @@ class TestTapKinds:
             np.testing.assert_allclose(
                 out["base_output"], base.predict(x, verbose=0), atol=1e-5
             )
+
+
+class TestLearnedLittleWarning:
+    def _binary_model(self):
+        inputs = keras.Input((4,))
+        h = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
+
+    def test_no_warning_when_tac_matches_a_binary_base(self):
+        # Two classes: chance is 50%, and TAC as accurate as a perfect base
+        # learned all there is.
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 2, 256)
+        x = (rng.normal(size=(256, 4)) + 3.0 * y[:, None]).astype("float32")
+        base = self._binary_model()
+        base.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        base.fit(x, y, epochs=20, verbose=0)
+        tac = keras_tac.TACModel(base, num_slices=4)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            history = tac.fit(x, y, epochs=20, verbose=0)
+        assert history.history["tac_accuracy"][-1] > 0.9
+
+    def test_warns_when_tac_stays_at_chance(self, trained_cnn, digits):
+        (x, y), _ = digits
+        tac = keras_tac.TACModel(trained_cnn)
+        # A learning rate of zero: TAC cannot move from its start.
+        tac.compile(optimizer=keras.optimizers.SGD(0.0))
+        with pytest.warns(UserWarning, match="learned little.*conv_1"):
+            tac.fit(x[:256], y[:256], epochs=1, verbose=0)

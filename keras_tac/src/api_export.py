@@ -3,7 +3,7 @@
 `keras_tac_export("keras_tac.layers.TACHead")` records the public path of a
 class or function (the public modules under `keras_tac/` import exactly
 these; `tests/test_api.py` checks that the two agree) and registers Keras
-objects (layers, models, losses, metrics) for serialization under
+objects (layers, models, losses, metrics, optimizers) for serialization under
 `"keras_tac>ClassName"`, so saved models load without `custom_objects`.
 
 This module imports Keras only to register a class that is already a Keras
@@ -53,5 +53,11 @@ def _is_keras_object(symbol):
     if keras is None or not isinstance(symbol, type):
         return False
     return issubclass(
-        symbol, (keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric)
+        symbol,
+        (
+            keras.layers.Layer,
+            keras.losses.Loss,
+            keras.metrics.Metric,
+            keras.optimizers.Optimizer,
+        ),
     )

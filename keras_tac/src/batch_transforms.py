@@ -127,10 +127,18 @@ def transformed_data(
     if y is None:
         batches = TransformedBatches(None, *transforms)
         return (batches.transform(batch) for batch in x), None, fit_kwargs
+    source = array_batches(x, y, fit_kwargs, "augmentation or mixup")
+    return TransformedBatches(source, *transforms), None, fit_kwargs
+
+
+def array_batches(x, y, fit_kwargs, transform_name):
+    """Arrays as the `ArrayBatches` that `fit` would cut, taking
+    `sample_weight`, `batch_size` and `shuffle` out of `fit_kwargs` (the
+    batches shuffle themselves; `fit` must not)."""
     if fit_kwargs.get("validation_split"):
         raise ValueError(
-            "`validation_split` cannot be combined with augmentation or "
-            "mixup: pass `validation_data` instead."
+            f"`validation_split` cannot be combined with {transform_name}: "
+            "pass `validation_data` instead."
         )
     source = ArrayBatches(
         x,
@@ -140,7 +148,7 @@ def transformed_data(
         shuffle=fit_kwargs.pop("shuffle", True),
     )
     fit_kwargs["shuffle"] = False
-    return TransformedBatches(source, *transforms), None, fit_kwargs
+    return source
 
 
 def _augment(augmentation, x):

@@ -3,6 +3,8 @@
 
 import math
 
+import numpy as np
+
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 
@@ -41,6 +43,13 @@ def set_feature_cache_memory_budget(num_bytes):
 
     >>> set_feature_cache_memory_budget(2**30)
     """
+    if isinstance(num_bytes, bool) or not isinstance(
+        num_bytes, (int, np.integer)
+    ):
+        raise ValueError(
+            "Invalid `num_bytes`: expected an int >= 0. "
+            f"Received: num_bytes={num_bytes!r}"
+        )
     validation.check_number("num_bytes", num_bytes, 0, math.inf)
     _SETTINGS["feature_cache_memory_budget"] = int(num_bytes)
 

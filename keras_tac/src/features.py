@@ -196,6 +196,8 @@ class FeatureExtractor:
             if isinstance(element, tuple):
                 inputs = element[0]
                 labels = element[1] if len(element) > 1 else None
+            # Each batch as arrays are checked (shape, dtype, finiteness).
+            self.check_inputs(inputs, where)
             outputs = {
                 key: np.asarray(ops.convert_to_numpy(value))
                 for key, value in self.model.predict_on_batch(inputs).items()

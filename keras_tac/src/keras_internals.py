@@ -10,6 +10,8 @@ public Keras APIs only.
 - `output_layer`: the layer that produced a Functional model's output, from
   the output tensor's `_keras_history` (the last entry of `model.layers` is
   not always it).
+- `inbound_layers`: the layers whose outputs a layer of a Functional model
+  consumes, from its input tensors' `_keras_history`.
 - `print_msg`: Keras's own progress-message printer, which respects
   `keras.config.disable_interactive_logging()` (then logs via absl).
 - `jax_trainer_jit`: the `jit` that Keras's JAX trainer compiles its step
@@ -40,6 +42,21 @@ def output_layer(model):
         return None
     history = getattr(outputs[0], "_keras_history", None)
     return history[0] if history else None
+
+
+def inbound_layers(layer):
+    """The layers that produced the inputs of `layer` in the (first) graph
+    it was called in, in input order (empty when they cannot be told)."""
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):
+        return []
+    layers = []
+    for tensor in keras.tree.flatten(inputs):
+        history = getattr(tensor, "_keras_history", None)
+        if history:
+            layers.append(history[0])
+    return layers
 
 
 def print_msg(message):

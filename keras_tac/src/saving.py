@@ -235,12 +235,14 @@ def compile_from_config_across_backends(model, config):
         config.pop("jit_compile", None)
     optimizer = config.pop("optimizer", None)
     if isinstance(optimizer, dict):
-        # By class name, not module: a model saved under one backend
-        # records that backend's optimizer module (e.g. torch_adam).
+        # By class name (and registered name, for custom optimizers), not
+        # module: a model saved under one backend records that backend's
+        # optimizer module (e.g. torch_adam).
         optimizer = keras.optimizers.deserialize(
             {
-                "class_name": optimizer["class_name"],
-                "config": optimizer["config"],
+                key: optimizer[key]
+                for key in ("class_name", "config", "registered_name")
+                if optimizer.get(key) is not None
             }
         )
     config = keras.saving.deserialize_keras_object(config)

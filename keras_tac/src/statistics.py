@@ -16,17 +16,30 @@ from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.scores.deep_knn import DeepKNN
 from keras_tac.src.scores.mahalanobis import MahalanobisDistance
 from keras_tac.src.validation import checks
+from keras_tac.src.validation import model_inputs
 
 
 def fit_statistics(model, x, y=None, batch_size=None, verbose="auto"):
     """`TACModel.fit_statistics`: one pass over training data `x` (arrays
     or a dataset, with labels `y` or in the dataset; without labels the
     base head's predictions stand in for them)."""
+    if y is not None and model_inputs.is_arrays(x):
+        checks.check_labels(
+            y,
+            model.num_classes,
+            extractor_inputs(model, x),
+            "fit_statistics",
+        )
     extractor = FeatureExtractor.of(model)
     batches = extractor.labelled_batches(
         x, y, batch_size or 256, verbose, "fit_statistics"
     )
     _store(model, ((batch, labels) for batch, labels in batches))
+
+
+def extractor_inputs(model, x):
+    """The number of samples in arrays `x`, checked against the model."""
+    return FeatureExtractor.of(model).check_inputs(x, "fit_statistics")
 
 
 def fit_statistics_from_features(model, base_output, pooled, y):
@@ -79,6 +92,12 @@ def _store(model, batches):
         labels = checks.check_class_indices(
             labels, model.num_classes, len(batch.base_output), "fit_statistics"
         )
+        if not all(np.isfinite(p).all() for p in batch.pooled):
+            raise ValueError(
+                "Invalid input to `fit_statistics`: expected finite inputs. "
+                "Received a batch whose tapped activations hold NaN or "
+                "infinite values (drop or repair those samples)."
+            )
         mahalanobis.update(batch, labels)
         knn.update(batch, labels)
         seen += len(labels)

@@ -62,7 +62,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
     The model's outputs (`predict`, `__call__`) are a dict with
     `"base_output"` (the base head), `"profile"`, `"distances"`,
     `"prediction"`, `"confidence"`, `"tac_prediction"`, `"tac_confidence"`
-    and `"input_is_finite"`, the same in training and inference.
+    and `"input_is_finite"` (with `score="combined"` also
+    `"confidence_parts"`, its raw signals), the same in training and
+    inference.
 
     Args:
         base_model: a built Functional or Sequential `keras.Model` whose
@@ -337,12 +339,13 @@ class TACModel(FrozenBaseMixin, keras.Model):
         validation_data=None,
         cache_features=None,
         augmentation=None,
+        adversarial=None,
         **kwargs,
     ):
         """Trains the TAC head (and the base, with `train_base=True`).
 
-        Takes the arguments of `keras.Model.fit`, plus `cache_features`
-        and `augmentation`.
+        Takes the arguments of `keras.Model.fit`, plus `cache_features`,
+        `augmentation` and `adversarial`.
         With a frozen base, no mixup and arrays as `x`, `y` and
         `validation_data`, every epoch would feed the head the same tapped
         activations: `fit` then runs the base once and trains the head on
@@ -358,6 +361,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
                 `validation_data`), e.g. a `keras.layers.Pipeline` of Keras's
                 random preprocessing layers; see
                 `keras_tac.src.batch_transforms`. Defaults to `None`.
+            adversarial: a `keras_tac.attacks.AdversarialTraining`: part
+                of each training batch is replaced by attacks on the model
+                as it is at that step (no feature cache; not combined with
+                `augmentation` or mixup). Defaults to `None`.
             **kwargs: the arguments of `keras.Model.fit`.
 
         Returns:
@@ -371,7 +378,8 @@ class TACModel(FrozenBaseMixin, keras.Model):
             # Built here, not inside Keras's first traced step: a
             # tf.function that creates variables is traced twice.
             optimizer.build(self.trainable_variables)
-        if feature_cache.should_cache(
+        _check_adversarial(self, adversarial, cache_features, augmentation)
+        if adversarial is None and feature_cache.should_cache(
             self, x, y, validation_data, cache_features, kwargs, augmentation
         ):
             history = feature_cache.fit_on_cached_features(
@@ -388,6 +396,8 @@ class TACModel(FrozenBaseMixin, keras.Model):
                     self.mixup_alpha,
                     self.num_classes,
                 )
+            if adversarial is not None:
+                x, y, kwargs = adversarial.training_data(self, x, y, kwargs)
             history = super().fit(
                 x, y, validation_data=validation_data, **kwargs
             )
@@ -602,6 +612,28 @@ class TACModel(FrozenBaseMixin, keras.Model):
         saving.compile_from_config_across_backends(self, config)
 
 
+def _check_adversarial(model, adversarial, cache_features, augmentation):
+    if adversarial is None:
+        return
+    if not hasattr(adversarial, "training_data"):
+        raise ValueError(
+            "Invalid `adversarial`: expected a "
+            "`keras_tac.attacks.AdversarialTraining` or None. "
+            f"Received: adversarial={adversarial!r}"
+        )
+    if cache_features:
+        raise ValueError(
+            "`cache_features=True` cannot be combined with `adversarial`: "
+            "attacked inputs change at every step, so their tapped "
+            "features cannot be cached."
+        )
+    if augmentation is not None or model.mixup_alpha > 0:
+        raise ValueError(
+            "`adversarial` cannot be combined with `augmentation` or "
+            f"mixup (mixup_alpha={model.mixup_alpha}): pass one of them."
+        )
+
+
 def _warn_if_tac_learned_little(model, history):
     """Warns when TAC's own training accuracy stayed far below the base's:
     the tapped layers then carry little that TAC can read."""
@@ -611,7 +643,8 @@ def _warn_if_tac_learned_little(model, history):
     tac_accuracy = logs["tac_accuracy"][-1]
     base_accuracy = logs["base_accuracy"][-1]
     chance = 1.0 / model.num_classes
-    if tac_accuracy > max(2.0 * chance, 0.5 * base_accuracy):
+    # Above chance by more than half of what the base is above chance.
+    if tac_accuracy - chance > 0.5 * (base_accuracy - chance):
         return
     warnings.warn(
         f"TACModel.fit: TAC's nearest-code accuracy after training is "

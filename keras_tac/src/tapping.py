@@ -195,11 +195,22 @@ def _candidates(model, min_width):
 def _with_block_outputs(stages, chosen, max_taps):
     """`chosen` plus residual block outputs, evenly spaced, in order."""
     order = [path for stage in stages for path, _ in stage]
-    blocks = [
-        path
+    adds = [
+        (path, layer)
         for stage in stages
         for path, layer in stage
-        if isinstance(layer, keras.layers.Add) and path not in chosen
+        if isinstance(layer, keras.layers.Add)
+    ]
+    if not adds:
+        return chosen
+    # Whole blocks only: the adds fed by the same kinds of layers as the
+    # last one (a Transformer block ends in its MLP's add, not in the add
+    # after its attention).
+    kinds = _inbound_kinds(adds[-1][1])
+    blocks = [
+        path
+        for path, layer in adds
+        if _inbound_kinds(layer) == kinds and path not in chosen
     ]
     free = min(max_taps - len(chosen), len(blocks))
     if free <= 0:
@@ -211,6 +222,13 @@ def _with_block_outputs(stages, chosen, max_taps):
         for i in range(free)
     ]
     return sorted(set(chosen) | set(picks), key=order.index)
+
+
+def _inbound_kinds(layer):
+    return sorted(
+        type(inbound).__name__
+        for inbound in keras_internals.inbound_layers(layer)
+    )
 
 
 def _has_kernel(layer):

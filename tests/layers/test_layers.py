@@ -6,13 +6,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from keras import ops
+from conftest import to_numpy
 
 from keras_tac import layers
-
-
-def to_numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def input_gradient(function, x):
@@ -104,6 +100,152 @@ class TestTapProjection:
         x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
         before, after = round_trip(layers.TapProjection("large"), tmp_path, x)
         np.testing.assert_allclose(before, after, atol=1e-6)
+
+
+def layer_norm(x, layer):
+    """NumPy LayerNormalization with PyTorch's epsilon (1e-5)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    variance = x.var(axis=-1, keepdims=True)
+    normalized = (x - mean) / np.sqrt(variance + 1e-5)
+    return normalized * to_numpy(layer.gamma) + to_numpy(layer.beta)
+
+
+def dense(x, layer):
+    return x @ to_numpy(layer.kernel) + to_numpy(layer.bias)
+
+
+class TestLargeProjections:
+    """The reference's "x_large" and "2x_large" projections (ServiceNow/tac
+    src/models.py:61-84), layer by layer."""
+
+    def test_x_large_structure(self):
+        # LN(d), Linear(d, d), ReLU, Linear(d, d), ReLU, Linear(d, d), LN(d)
+        layer = layers.TapProjection("x_large")
+        layer.build((None, 12))
+        assert [d.units for d in layer.dense_layers] == [12, 12, 12]
+        assert len(layer.norm_layers) == 2
+        for norm in layer.norm_layers:
+            assert norm.epsilon == 1e-5
+        # 3 Dense (d*d + d) and 2 LayerNorm (2 d).
+        assert layer.count_params() == 3 * (12 * 12 + 12) + 2 * 2 * 12
+
+    def test_2x_large_structure(self):
+        # LN, Lin(d,d), ReLU, Lin(d,d), ReLU, LN, Lin(d,S), ReLU,
+        # Lin(S,S), ReLU, Lin(S,d), LN
+        layer = layers.TapProjection("2x_large", num_slices=4)
+        layer.build((None, 12))
+        assert [d.units for d in layer.dense_layers] == [12, 12, 4, 4, 12]
+        assert [tuple(d.kernel.shape) for d in layer.dense_layers] == [
+            (12, 12),
+            (12, 12),
+            (12, 4),
+            (4, 4),
+            (4, 12),
+        ]
+        assert len(layer.norm_layers) == 3
+        expected = (
+            2 * (12 * 12 + 12) + (12 * 4 + 4) + (4 * 4 + 4) + (4 * 12 + 12)
+        ) + 3 * 2 * 12
+        assert layer.count_params() == expected
+
+    def randomize_norms(self, layer):
+        rng = np.random.default_rng(1)
+        for norm in layer.norm_layers:
+            norm.gamma.assign(rng.normal(size=norm.gamma.shape))
+            norm.beta.assign(rng.normal(size=norm.beta.shape))
+
+    def test_x_large_against_numpy(self):
+        x = np.random.default_rng(0).normal(size=(5, 12)).astype("float32")
+        layer = layers.TapProjection("x_large", seed=2)
+        layer.build(x.shape)
+        self.randomize_norms(layer)
+        d, n = layer.dense_layers, layer.norm_layers
+        expected = layer_norm(x, n[0])
+        expected = np.maximum(dense(expected, d[0]), 0)
+        expected = np.maximum(dense(expected, d[1]), 0)
+        expected = layer_norm(dense(expected, d[2]), n[1])
+        np.testing.assert_allclose(
+            to_numpy(layer(x)), expected, rtol=1e-4, atol=1e-4
+        )
+
+    def test_2x_large_against_numpy(self):
+        x = np.random.default_rng(0).normal(size=(5, 12)).astype("float32")
+        layer = layers.TapProjection("2x_large", num_slices=4, seed=2)
+        layer.build(x.shape)
+        self.randomize_norms(layer)
+        d, n = layer.dense_layers, layer.norm_layers
+        expected = layer_norm(x, n[0])
+        expected = np.maximum(dense(expected, d[0]), 0)
+        expected = np.maximum(dense(expected, d[1]), 0)
+        expected = layer_norm(expected, n[1])
+        expected = np.maximum(dense(expected, d[2]), 0)
+        expected = np.maximum(dense(expected, d[3]), 0)
+        expected = layer_norm(dense(expected, d[4]), n[2])
+        y = to_numpy(layer(x))
+        assert y.shape == (5, 12)
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+    def test_2x_large_needs_num_slices(self):
+        with pytest.raises(ValueError, match="needs `num_slices`"):
+            layers.TapProjection("2x_large")
+        with pytest.raises(ValueError, match="num_slices"):
+            layers.TapProjection("2x_large", num_slices=0)
+
+    @pytest.mark.parametrize("projection", ["x_large", "2x_large"])
+    def test_config_and_seeding(self, projection, tmp_path):
+        layer = layers.TapProjection(projection, seed=5, num_slices=3)
+        config = layer.get_config()
+        assert config["projection"] == projection
+        assert config["num_slices"] == 3
+        clone = layers.TapProjection.from_config(config)
+        assert clone.get_config() == config
+        layer.build((None, 9))
+        clone.build((None, 9))
+        for a, b in zip(layer.dense_layers, clone.dense_layers):
+            np.testing.assert_array_equal(
+                to_numpy(a.kernel), to_numpy(b.kernel)
+            )
+        other = layers.TapProjection(projection, seed=6, num_slices=3)
+        other.build((None, 9))
+        assert not np.array_equal(
+            to_numpy(layer.dense_layers[0].kernel),
+            to_numpy(other.dense_layers[0].kernel),
+        )
+        x = np.random.default_rng(0).normal(size=(3, 9)).astype("float32")
+        before, after = round_trip(layer, tmp_path, x)
+        np.testing.assert_allclose(before, after, atol=1e-6)
+
+    def test_profile_passes_its_slices_to_the_bottleneck(self, tmp_path):
+        layer = layers.ActivationProfile(num_slices=4, projection="2x_large")
+        x = np.random.default_rng(0).normal(size=(3, 2, 2, 16))
+        y = to_numpy(layer(x.astype("float32")))
+        assert y.shape == (3, 4)
+        assert layer.projector.num_slices == 4
+        assert [d.units for d in layer.projector.dense_layers] == [
+            16,
+            16,
+            4,
+            4,
+            16,
+        ]
+        before, after = round_trip(layer, tmp_path, x.astype("float32"))
+        np.testing.assert_allclose(before, after, atol=1e-6)
+        # Other projections need no bottleneck and record none.
+        assert (
+            layers.ActivationProfile(4, "x_large").projector.num_slices is None
+        )
+
+    @pytest.mark.parametrize("projection", ["x_large", "2x_large"])
+    def test_tac_head_accepts_them(self, projection):
+        head = layers.TACHead(3, num_slices=4, projection=projection)
+        taps = [np.ones((2, 3, 3, 8), "float32"), np.ones((2, 16), "float32")]
+        outputs = head(taps)
+        assert outputs["profile"].shape == (2, 8)
+        bottleneck = head.profile_layers[0].projector.dense_layers[2]
+        expected_units = 4 if projection == "2x_large" else 8
+        assert bottleneck.units == expected_units
+        clone = layers.TACHead.from_config(head.get_config())
+        assert clone.projection == projection
 
 
 class TestSliceIndices:

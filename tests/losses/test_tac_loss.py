@@ -10,10 +10,14 @@ from keras_tac import layers
 from keras_tac import losses
 
 
-def reference_loss(labels, profile, codes, temperature, ce_weight, reg_weight):
-    """The TAC objective written out in NumPy, per sample."""
+def reference_loss(
+    labels, profile, codes, temperature, ce_weight, reg_weight, ce_codes=None
+):
+    """The TAC objective written out in NumPy, per sample; the
+    cross-entropy against `ce_codes` (the noisy codes) when given."""
     one_hot = np.eye(len(codes))[labels] if labels.ndim == 1 else labels
-    distances = np.abs(profile[:, None, :] - codes[None]).mean(axis=-1)
+    ce_codes = codes if ce_codes is None else ce_codes
+    distances = np.abs(profile[:, None, :] - ce_codes[None]).mean(axis=-1)
     logits = -np.clip(temperature, 1e-4, 50) * distances
     logits = logits - logits.max(axis=1, keepdims=True)
     log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -70,36 +74,72 @@ class TestTacLoss:
         )
         assert np.all(ops.convert_to_numpy(loss) < 1e-3)
 
-    def test_code_noise_changes_only_cross_entropy(self, problem):
+    def test_code_noise_flips_codes_in_the_cross_entropy_only(self, problem):
         codes, profile, labels = problem
-        clean = ops.convert_to_numpy(
-            losses.tac_loss(labels, profile, codes, cross_entropy_weight=0.0)
+        # The flips of `seed=1`, drawn as the loss draws them.
+        flips = (
+            ops.convert_to_numpy(keras.random.uniform(codes.shape, seed=1))
+            < 0.5
         )
+        assert 0.25 < flips.mean() < 0.75
+        noisy_codes = np.where(flips, -codes, codes)
         noisy = ops.convert_to_numpy(
-            losses.tac_loss(
-                labels,
-                profile,
-                codes,
-                cross_entropy_weight=0.0,
-                code_noise=0.5,
-                seed=1,
+            losses.tac_loss(labels, profile, codes, code_noise=0.5, seed=1)
+        )
+        expected = reference_loss(
+            labels, profile, codes, 10.0, 1.0, 10.0, ce_codes=noisy_codes
+        )
+        np.testing.assert_allclose(noisy, expected, rtol=1e-4, atol=1e-4)
+        clean = reference_loss(labels, profile, codes, 10.0, 1.0, 10.0)
+        assert np.abs(expected - clean).max() > 0.1
+        # Without the cross-entropy, the noise changes nothing.
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(
+                losses.tac_loss(
+                    labels,
+                    profile,
+                    codes,
+                    cross_entropy_weight=0.0,
+                    code_noise=0.5,
+                    seed=1,
+                )
+            ),
+            reference_loss(labels, profile, codes, 10.0, 0.0, 10.0),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+    def test_whole_float_labels_match_integers(self, problem):
+        codes, profile, labels = problem
+        loss = losses.TACLoss(codes)
+        expected = ops.convert_to_numpy(losses.tac_loss(labels, profile, codes))
+        expected_mean = float(loss(labels, profile))
+        for form in (
+            labels.astype("float64"),
+            labels.astype("float32"),
+            labels.astype("float32")[:, None],
+            labels.astype(float).tolist(),
+        ):
+            np.testing.assert_array_equal(
+                ops.convert_to_numpy(losses.tac_loss(form, profile, codes)),
+                expected,
             )
-        )
-        np.testing.assert_allclose(clean, noisy, rtol=1e-6)
-        ce_clean = losses.tac_loss(
-            labels, profile, codes, regression_weight=0.0
-        )
-        ce_noisy = losses.tac_loss(
-            labels,
-            profile,
-            codes,
-            regression_weight=0.0,
-            code_noise=0.5,
-            seed=1,
-        )
-        assert not np.allclose(
-            ops.convert_to_numpy(ce_clean), ops.convert_to_numpy(ce_noisy)
-        )
+            assert float(loss(form, profile)) == expected_mean
+
+    @pytest.mark.parametrize("bad", [2.5, np.nan])
+    def test_non_whole_labels_are_errors(self, problem, bad):
+        codes, profile, labels = problem
+        labels = labels.astype("float64")
+        labels[4] = bad
+        for compute in (
+            lambda y: losses.tac_loss(y, profile, codes),
+            lambda y: losses.TACLoss(codes)(y, profile),
+        ):
+            with pytest.raises(ValueError) as error:
+                compute(labels)
+            message = str(error.value)
+            assert "whole numbers in [0, 5]" in message, message
+            assert "Received 1 invalid label(s)" in message, message
 
     def test_finite_on_extreme_profiles(self, problem):
         codes, profile, labels = problem
@@ -131,6 +171,49 @@ class TestTACLossClass:
         expected = reference_loss(labels, profile, codes, 5.0, 1.0, 2.0).mean()
         np.testing.assert_allclose(
             float(loss(labels, profile)), expected, rtol=1e-4
+        )
+
+    def test_objective_applies_code_noise_in_training_only(self, problem):
+        codes, profile, labels = problem
+        generator = keras.random.SeedGenerator(7)
+        replay = keras.random.SeedGenerator(7)
+        loss = losses.TACLoss(codes, code_noise=0.3, seed=generator)
+        one_hot = np.eye(6, dtype="float32")[labels]
+        flips = (
+            ops.convert_to_numpy(keras.random.uniform(codes.shape, seed=replay))
+            < 0.3
+        )
+        assert flips.any()
+        training = ops.convert_to_numpy(
+            loss.objective(one_hot, profile, training=True)
+        )
+        inference = ops.convert_to_numpy(
+            loss.objective(one_hot, profile, training=False)
+        )
+        np.testing.assert_allclose(
+            training,
+            reference_loss(
+                labels,
+                profile,
+                codes,
+                10.0,
+                1.0,
+                10.0,
+                ce_codes=np.where(flips, -codes, codes),
+            ),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        np.testing.assert_allclose(
+            inference,
+            reference_loss(labels, profile, codes, 10.0, 1.0, 10.0),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        assert np.abs(training - inference).max() > 0.1
+        # The compiled-loss path (`call`) is the clean objective.
+        np.testing.assert_allclose(
+            float(loss(labels, profile)), inference.mean(), rtol=1e-5
         )
 
     def test_config_round_trip(self, problem):

@@ -38,7 +38,7 @@ class ActivationProfile(keras.layers.Layer):
 
     >>> import numpy as np
     >>> layer = ActivationProfile(num_slices=4)
-    >>> layer(np.ones((2, 7, 7, 32), "float32")).shape
+    >>> tuple(layer(np.ones((2, 7, 7, 32), "float32")).shape)
     (2, 4)
 
     Reference:
@@ -103,9 +103,9 @@ class ActivationProfile(keras.layers.Layer):
     def call(self, inputs):
         # `build` built the sublayers for this layer's width and dtype
         # policy, and this layer's own call has cast and checked the inputs:
-        # calling their `call` skips Keras's per-call bookkeeping, ~60 us
-        # per sublayer, tap and step in eager PyTorch (as Keras's
-        # `TimeDistributed` calls its layer). The Dense layers inside the
+        # calling their `call` skips Keras's per-call bookkeeping, costly
+        # per sublayer, tap and step in eager PyTorch (docs/performance.md;
+        # Keras's `TimeDistributed` calls its layer the same way). The Dense layers inside the
         # projection keep their full call (quantized modes dispatch there).
         if len(inputs.shape) != 2:
             # Pooling is the identity on (batch, channels), e.g. the pooled

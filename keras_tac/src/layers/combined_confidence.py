@@ -260,17 +260,18 @@ class CombinedConfidence(keras.layers.Layer):
         """Stores the training statistics (NumPy arrays): per-tap class
         means and precisions, the classes present, and the normalised kNN
         bank `(n, d)` with `n <= bank_size`."""
+        rows = len(bank)
+        if not self.k <= rows <= self.bank_size:
+            raise ValueError(
+                f"Invalid kNN bank: expected at least k={self.k} and at most "
+                f"bank_size={self.bank_size} training inputs. Received {rows}"
+            )
+        # Checked before anything is stored: a failed call changes nothing.
         for variable, value in zip(self.means, means):
             variable.assign(np.asarray(value, "float32"))
         for variable, value in zip(self.precisions, precisions):
             variable.assign(np.asarray(value, "float32"))
         self.present.assign(np.asarray(present, "float32"))
-        rows = len(bank)
-        if rows < self.k:
-            raise ValueError(
-                f"The kNN bank needs at least k={self.k} training inputs. "
-                f"Received {rows}"
-            )
         padded = np.zeros((self.bank_size, self.tap_widths[-1]), "float32")
         padded[:rows] = bank
         valid = np.zeros(self.bank_size, "float32")

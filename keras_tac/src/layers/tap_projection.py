@@ -79,10 +79,10 @@ class TapProjection(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
-    >>> TapProjection("large")(np.ones((2, 8))).shape
+    >>> tuple(TapProjection("large")(np.ones((2, 8))).shape)
     (2, 8)
     >>> layer = TapProjection("2x_large", num_slices=4)
-    >>> layer(np.ones((2, 8))).shape
+    >>> tuple(layer(np.ones((2, 8))).shape)
     (2, 8)
     >>> [dense.units for dense in layer.dense_layers]
     [8, 8, 4, 4, 8]

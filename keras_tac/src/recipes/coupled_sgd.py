@@ -6,7 +6,6 @@ from keras_tac.src.api_export import keras_tac_export
 
 
 @keras_tac_export("keras_tac.recipes.CoupledSGD")
-@keras.saving.register_keras_serializable(package="keras_tac")
 class CoupledSGD(keras.optimizers.SGD):
     """SGD with momentum and L2 weight decay added to the gradient, as
     `torch.optim.SGD` (dampening 0, no Nesterov) does.
@@ -46,7 +45,7 @@ class CoupledSGD(keras.optimizers.SGD):
     >>> import numpy as np
     >>> optimizer = CoupledSGD(0.1, momentum=0.9, weight_decay=0.5)
     >>> w = keras.Variable(np.array([1.0], "float32"))
-    >>> optimizer.apply([np.array([0.0], "float32")], [w])
+    >>> optimizer.apply([keras.ops.zeros((1,))], [w])
     >>> round(float(w.numpy()[0]), 4)  # 1 - 0.1 * (0 + 0.5 * 1)
     0.95
     """
@@ -103,9 +102,3 @@ class CoupledSGD(keras.optimizers.SGD):
         config.pop("nesterov", None)
         config["weight_decay"] = self.coupled_weight_decay
         return config
-
-
-# A `TACModel` deserializes its saved optimizer by class name alone
-# (`keras_tac.src.saving.compile_from_config_across_backends`): the bare
-# name must resolve too, through Keras's documented custom-object table.
-keras.saving.get_custom_objects()[CoupledSGD.__name__] = CoupledSGD

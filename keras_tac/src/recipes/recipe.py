@@ -47,7 +47,7 @@ class Recipe:
         num_classes: int. The reference's number of classes.
         tap_layers: tuple of str. The tapped layers of the base.
         head_layer: str. The base's classification layer.
-        projection, num_slices, slicing, temperature, code_noise,
+        projection, num_slices, slicing, reduction, temperature, code_noise,
             mixup_alpha, score, cross_entropy_weight, regression_weight,
             base_loss_weight: the `TACModel` arguments (`score`:
             the reference's is `"inner_product"`, `<z, c_pred>`).
@@ -69,7 +69,7 @@ class Recipe:
     >>> recipe = keras_tac.recipes.get("reference_mnist")
     >>> recipe.batch_size, recipe.epochs, recipe.projection
     (8, 200, 'small')
-    >>> [recipe.learning_rate_at(epoch) for epoch in (0, 5, 100, 150)]
+    >>> [round(recipe.learning_rate_at(e), 6) for e in (0, 5, 100, 150)]
     [0.1, 0.01, 0.001, 0.0001]
     >>> base = recipe.build_base(num_classes=10)
     >>> tac = recipe.build_tac(base)
@@ -89,6 +89,7 @@ class Recipe:
     projection: str
     num_slices: int
     slicing: str
+    reduction: str
     temperature: float
     code_noise: float
     mixup_alpha: float
@@ -136,7 +137,10 @@ class Recipe:
             "num_slices": self.num_slices,
             "projection": self.projection,
             "slicing": self.slicing,
+            "reduction": self.reduction,
             "temperature": self.temperature,
+            # The reference never hands its temperature to the optimizer.
+            "trainable_temperature": False,
             "code_noise": self.code_noise,
             "mixup_alpha": self.mixup_alpha,
             "score": self.score,
@@ -261,6 +265,7 @@ REFERENCE_MNIST = Recipe(
     projection="small",
     num_slices=16,
     slicing="uniform",
+    reduction="mean",
     temperature=10.0,
     code_noise=0.15,
     mixup_alpha=0.0,
@@ -295,6 +300,7 @@ REFERENCE_CIFAR10 = Recipe(
     projection="very_large",
     num_slices=16,
     slicing="uniform",
+    reduction="mean",
     temperature=15.0,
     code_noise=0.1,
     mixup_alpha=0.2,

@@ -27,13 +27,7 @@ def check_inputs(
             f"inputs {input_shapes}. Received: x=None"
         )
     if isinstance(x, dict) and input_names is not None:
-        if sorted(x) != sorted(input_names):
-            raise ValueError(
-                f"Invalid input to `{where}`: expected a dict with the keys "
-                f"{sorted(input_names)} (the base model's input names). "
-                f"Received keys {sorted(x)}"
-            )
-        x = [x[name] for name in input_names]
+        x = _by_name(x, input_names, f"a dict of inputs to `{where}`")
     arrays = _flatten(x)
     if len(arrays) != len(input_shapes):
         raise ValueError(
@@ -166,14 +160,11 @@ def check_element_spec(model, spec, where):
     and, for `fit` / `evaluate`, its labels."""
     inputs = spec[0] if isinstance(spec, tuple) else spec
     if isinstance(inputs, dict):
-        names = input_names(model.base_model)
-        if sorted(inputs) != sorted(names):
-            raise ValueError(
-                f"`{where}` expected dataset inputs with the keys "
-                f"{sorted(names)} (the base model's input names). "
-                f"Received keys {sorted(inputs)}"
-            )
-        inputs = [inputs[name] for name in names]
+        inputs = _by_name(
+            inputs,
+            input_names(model.base_model),
+            f"the dataset inputs of `{where}`",
+        )
     inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if len(inputs) == len(model.input_shapes):
         for input_spec, expected in zip(inputs, model.input_shapes):
@@ -224,3 +215,14 @@ def input_names(model):
     if isinstance(structure, dict):
         return sorted(structure)
     return [tensor.name for tensor in model.inputs]
+
+
+def _by_name(values, names, what):
+    """The values of a dict in the order of the base model's input
+    `names`, which must be exactly its keys."""
+    if sorted(values) != sorted(names):
+        raise ValueError(
+            f"Invalid keys in {what}: expected {sorted(names)} (the base "
+            f"model's input names). Received keys {sorted(values)}"
+        )
+    return [values[name] for name in names]

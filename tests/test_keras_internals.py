@@ -1,0 +1,215 @@
+"""The private Keras APIs that keras-tac relies on
+(`keras_tac.src.keras_internals`), each checked directly, so that a Keras
+release that changes one fails here with a message that says so."""
+
+import keras
+import pytest
+
+from keras_tac.src import keras_internals
+
+CHECKED_AGAINST = "3.15"
+ON_JAX = keras.backend.backend() == "jax"
+
+
+def changed(what):
+    return (
+        f"Keras {keras.version()} changed {what}. keras_tac.src."
+        f"keras_internals was checked against Keras {CHECKED_AGAINST}: "
+        "update it (and this test) for the new release."
+    )
+
+
+def functional():
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
+
+
+class FunctionalSubclass(keras.Model):
+    def __init__(self):
+        inputs = keras.Input((4,))
+        super().__init__(inputs, keras.layers.Dense(2)(inputs))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def sequential():
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+
+def subclassed():
+    model = Subclassed()
+    model(keras.ops.ones((1, 4)))
+    return model
+
+
+class TestRunThroughGraph:
+    @pytest.mark.parametrize("make", [functional, FunctionalSubclass])
+    def test_functional_models_have_it(self, make):
+        model = make()
+        assert callable(getattr(model, "_run_through_graph", None)), changed(
+            "Functional models: they no longer have `_run_through_graph`"
+        )
+        assert keras_internals.is_functional(model)
+
+    @pytest.mark.parametrize("make", [sequential, subclassed])
+    def test_other_models_do_not(self, make):
+        model = make()
+        assert not hasattr(model, "_run_through_graph"), changed(
+            f"{type(model).__name__} models: they now have "
+            "`_run_through_graph`, which told Functional models apart"
+        )
+        assert not keras_internals.is_functional(model)
+
+    def test_layers_are_not_functional(self):
+        assert not keras_internals.is_functional(keras.layers.Dense(2))
+
+
+class TestKerasHistory:
+    def test_functional_output_names_its_layer(self):
+        inputs = keras.Input((4,))
+        main = keras.layers.Dense(2, name="main")
+        # Built after `main`: the last of `model.layers`, not the output.
+        aux = keras.layers.Dense(3, name="aux")
+        model = keras.Model(inputs, [main(inputs), aux(inputs)])
+        history = getattr(model.outputs[0], "_keras_history", None)
+        assert history is not None, changed(
+            "Functional outputs: they no longer have `_keras_history`"
+        )
+        assert history[0] is main, changed(
+            "`_keras_history`: its first entry is no longer the layer that "
+            "produced the tensor"
+        )
+        assert history.operation is main, changed(
+            "`_keras_history`: it no longer has an `operation` field"
+        )
+        assert model.layers[-1] is aux
+        assert keras_internals.output_layer(model) is main
+
+    def test_nested_model_output(self):
+        inner = functional()
+        inputs = keras.Input((4,))
+        outer = keras.Model(inputs, inner(inputs))
+        history = outer.outputs[0]._keras_history
+        assert history[0] is inner, changed(
+            "`_keras_history` of a nested model's output: it no longer "
+            "names the nested model"
+        )
+        assert keras_internals.output_layer(outer) is inner
+
+    def test_sequential_and_subclassed(self):
+        model = sequential()
+        assert keras_internals.output_layer(model) is model.layers[-1]
+        assert keras_internals.output_layer(keras.Sequential()) is None
+        assert keras_internals.output_layer(subclassed()) is None
+
+
+class TestPrintMsg:
+    def test_keras_has_it(self):
+        from keras.src.utils import io_utils
+
+        assert callable(getattr(io_utils, "print_msg", None)), changed(
+            "`keras.src.utils.io_utils.print_msg`: it is gone"
+        )
+
+    def test_prints_to_stdout(self, capsys):
+        assert keras.config.is_interactive_logging_enabled()
+        keras_internals.print_msg("hello from keras-tac")
+        assert capsys.readouterr().out == "hello from keras-tac\n", changed(
+            "`io_utils.print_msg`: it no longer writes the message and a "
+            "line break to stdout"
+        )
+
+    def test_logs_when_interactive_logging_is_off(self, capsys, monkeypatch):
+        from keras.src.utils import io_utils
+
+        logged = []
+        # Keras logs through absl's `logging.info`; whether that reaches
+        # Python's handlers depends on what else imported absl.
+        monkeypatch.setattr(io_utils.logging, "info", logged.append)
+        keras.config.disable_interactive_logging()
+        try:
+            keras_internals.print_msg("quiet message")
+        finally:
+            keras.config.enable_interactive_logging()
+        assert capsys.readouterr().out == "", changed(
+            "`io_utils.print_msg`: it prints although interactive logging "
+            "is disabled"
+        )
+        assert logged == ["quiet message"], changed(
+            "`io_utils.print_msg`: it no longer logs (absl) when "
+            "interactive logging is disabled"
+        )
+
+
+@pytest.mark.skipif(
+    not ON_JAX, reason="Keras's JAX trainer exists on the JAX backend only"
+)
+class TestJaxTrainerJit:
+    def test_trainer_jit_is_jax_jit(self):
+        import jax
+        from keras.src.backend.jax import trainer
+
+        assert getattr(trainer, "jit", None) is jax.jit, changed(
+            "`keras.src.backend.jax.trainer.jit`: it is no longer `jax.jit`"
+        )
+
+    def test_swapped_inside_the_block_and_used_by_the_trainer(self):
+        import jax
+        from keras.src.backend.jax import trainer
+
+        calls = []
+
+        def spy(function, *args, **kwargs):
+            calls.append(function)
+            return jax.jit(function, *args, **kwargs)
+
+        model = functional()
+        with keras_internals.jax_trainer_jit(spy):
+            assert trainer.jit is spy
+            model.make_predict_function(force=True)
+        assert trainer.jit is jax.jit
+        assert calls, changed(
+            "the JAX trainer: `make_predict_function` no longer compiles "
+            "with the module-level `keras.src.backend.jax.trainer.jit`"
+        )
+        model.predict(keras.ops.ones((2, 4)), verbose=0)
+
+    def test_restored_after_an_error(self):
+        import jax
+        from keras.src.backend.jax import trainer
+
+        with pytest.raises(RuntimeError, match="inside"):
+            with keras_internals.jax_trainer_jit(lambda f, **kw: f):
+                raise RuntimeError("inside")
+        assert trainer.jit is jax.jit
+
+    def test_other_jit_left_alone(self, monkeypatch):
+        from keras.src.backend.jax import trainer
+
+        def other(function, **kwargs):
+            return function
+
+        monkeypatch.setattr(trainer, "jit", other)
+        with keras_internals.jax_trainer_jit(lambda f, **kw: f):
+            assert trainer.jit is other
+        assert trainer.jit is other
+
+
+class TestInboundLayers:
+    def test_the_layers_an_add_consumes(self):
+        inputs = keras.Input((4,))
+        a = keras.layers.Dense(4, name="a")(inputs)
+        b = keras.layers.ReLU(name="b")(a)
+        added = keras.layers.Add(name="add")([a, b])
+        model = keras.Model(inputs, keras.layers.Dense(2)(added))
+        inbound = keras_internals.inbound_layers(model.get_layer("add"))
+        assert [layer.name for layer in inbound] == ["a", "b"], changed(
+            "`KerasTensor._keras_history` of a layer's inputs"
+        )
