@@ -73,8 +73,10 @@ def base_flops(model):
 def addon_flops(tac):
     """FLOPs TAC adds to the base's forward pass, from the tap shapes:
     pooling (one add per tapped value), the projection's Dense layers,
-    slice means, and code matching (distances, nearest codes)."""
-    depth = PROJECTION_DEPTHS[tac.projection]
+    slice means, code matching (distances, nearest codes) and, for the
+    combined confidence, the Mahalanobis novelty of every tap and the kNN
+    distance to the bank (a sort of the bank's similarities included)."""
+    depth = PROJECTION_DEPTHS[tac.head.projection]
     total = 0
     for tensor in tac.tap_model.outputs[1:]:
         shape = tensor.shape
@@ -85,6 +87,14 @@ def addon_flops(tac):
     code_length = tac.codes.shape[1]
     # |z-1|, |z+1|, their sum and difference; two (M x K) products.
     total += 4 * code_length + 4 * code_length * tac.num_classes
+    confidence = tac.confidence_layer
+    if confidence is not None:
+        for width in confidence.tap_widths:
+            # Whitening product and the distance to each class mean.
+            total += 2 * width * width + 3 * width * tac.num_classes
+        bank = confidence.bank_size
+        total += 2 * bank * confidence.tap_widths[-1]
+        total += int(bank * np.log2(bank))
     return total
 
 

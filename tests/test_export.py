@@ -224,8 +224,16 @@ def assert_matches(outputs, reference):
     for name in FLOATS:
         value = np.asarray(outputs[name], dtype="float64")
         assert value.shape[0] == rows
+        # The combined confidence sums standardised Mahalanobis and kNN
+        # terms of float32 distances over hundreds of features: compiled
+        # and eager programs differ by up to ~3e-4 there (JAX).
+        tolerance = 1e-3 if name == "confidence" else 1e-5
         np.testing.assert_allclose(
-            value[finite], reference[name][finite], rtol=1e-5, atol=1e-5
+            value[finite],
+            reference[name][finite],
+            rtol=tolerance,
+            atol=tolerance,
+            err_msg=name,
         )
 
 
