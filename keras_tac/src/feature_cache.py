@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from keras_tac.src import config
+from keras_tac.src import distribution
 from keras_tac.src import jax_backend
 from keras_tac.src import keras_internals
 from keras_tac.src import statistics
@@ -131,13 +132,16 @@ def fit_on_cached_features(model, x, y, validation_data, fit_kwargs):
         verbose,
     )
     store = _FeatureStore(on_disk)
-    trainer = _HeadTrainer(model)
-    trainer.compile(
-        optimizer=model.optimizer,
-        run_eagerly=model.run_eagerly,
-        jit_compile=model.jit_compile,
-        steps_per_execution=model.steps_per_execution,
-    )
+    # In the TAC model's tf.distribute scope, if any: the trainer then
+    # trains with the strategy the model was built in.
+    with distribution.strategy_scope(model):
+        trainer = _HeadTrainer(model)
+        trainer.compile(
+            optimizer=model.optimizer,
+            run_eagerly=model.run_eagerly,
+            jit_compile=model.jit_compile,
+            steps_per_execution=model.steps_per_execution,
+        )
     try:
         progress = verbose if verbose in (1, "auto") else 0
         features = store.compute(extractor, x, batch_size, progress)

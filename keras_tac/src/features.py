@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import distribution
 from keras_tac.src import jax_backend
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
@@ -170,7 +171,9 @@ class FeatureExtractor:
             )
             outputs = {
                 key: np.asarray(ops.convert_to_numpy(value))[: stop - start]
-                for key, value in self.model.predict_on_batch(batch).items()
+                for key, value in distribution.predict_on_batch(
+                    self.model, batch
+                ).items()
             }
             yield self._batch(outputs)
             if progbar is not None:
@@ -200,7 +203,9 @@ class FeatureExtractor:
             self.check_inputs(inputs, where)
             outputs = {
                 key: np.asarray(ops.convert_to_numpy(value))
-                for key, value in self.model.predict_on_batch(inputs).items()
+                for key, value in distribution.predict_on_batch(
+                    self.model, inputs
+                ).items()
             }
             yield self._batch(outputs), labels
 

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_tac.src import batch_transforms
+from keras_tac.src import distribution
 from keras_tac.src import feature_cache
 from keras_tac.src import jax_backend
 from keras_tac.src import keras_internals
@@ -317,7 +318,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
         loss = ops.mean(loss)
         for extra in self.losses:
             loss = loss + ops.cast(extra, "float32")
-        return loss
+        # Under a tf.distribute strategy each replica's gradients are summed:
+        # Keras's own `compute_loss` divides by the number of replicas too.
+        return distribution.scale_loss(loss)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         trackers = (self.base_accuracy_tracker, self.tac_accuracy_tracker)
@@ -376,8 +379,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             # Built here, not inside Keras's first traced step: a
-            # tf.function that creates variables is traced twice.
-            optimizer.build(self.trainable_variables)
+            # tf.function that creates variables is traced twice. In the
+            # model's tf.distribute scope, if any, as Keras's fit would.
+            with distribution.strategy_scope(self):
+                optimizer.build(self.trainable_variables)
         _check_adversarial(self, adversarial, cache_features, augmentation)
         if adversarial is None and feature_cache.should_cache(
             self, x, y, validation_data, cache_features, kwargs, augmentation
