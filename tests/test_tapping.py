@@ -174,6 +174,19 @@ class TestDefaultTaps:
         assert taps == ["block0_out", "block1_out", "block2_out", "final_norm"]
         assert_pooled_taps_differ(model, taps)
 
+    def test_small_resnet_fills_with_whole_blocks(self):
+        # Three stages of two blocks: the stage outputs, then one more block
+        # output; never a block's add beside its own ReLU output.
+        model = tiny_resnet()
+        taps = tapping.default_tap_layers(model, min_width=8)
+        assert taps == [
+            "stage1_block1_out",
+            "stage1_block2_out",
+            "stage2_block2_out",
+            "stage3_block2_out",
+        ]
+        assert_pooled_taps_differ(model, taps)
+
     def test_narrow_layers_are_skipped(self):
         inputs = keras.Input((8, 8, 1))
         h = keras.layers.Conv2D(4, 3, activation="relu", name="narrow")(inputs)
@@ -183,6 +196,29 @@ class TestDefaultTaps:
         assert tapping.default_tap_layers(model, min_width=16) == ["wide"]
         with pytest.raises(ValueError, match="at least 32"):
             tapping.default_tap_layers(model, min_width=32)
+
+
+def tiny_resnet():
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    h = keras.layers.ReLU(name="stem_relu")(h)
+    for stage, width in enumerate((8, 16, 32), start=1):
+        for block in (1, 2):
+            name = f"stage{stage}_block{block}"
+            strides = 2 if stage > 1 and block == 1 else 1
+            c = keras.layers.Conv2D(
+                width, 3, strides=strides, padding="same", name=f"{name}_conv"
+            )(h)
+            c = keras.layers.BatchNormalization(name=f"{name}_bn")(c)
+            shortcut = h
+            if strides > 1:
+                shortcut = keras.layers.Conv2D(
+                    width, 1, strides=2, name=f"{name}_proj"
+                )(h)
+            h = keras.layers.Add(name=f"{name}_add")([shortcut, c])
+            h = keras.layers.ReLU(name=f"{name}_out")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
 
 
 def tiny_vit(num_blocks, dim=16):

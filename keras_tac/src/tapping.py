@@ -205,12 +205,16 @@ def _with_block_outputs(stages, chosen, max_taps):
         return chosen
     # Whole blocks only: the adds fed by the same kinds of layers as the
     # last one (a Transformer block ends in its MLP's add, not in the add
-    # after its attention).
+    # after its attention). A block's output is its add, or the activation
+    # right after it (a ResNet's `_out`); a block whose output is chosen
+    # already is not a candidate (its add would pool to nearly the same).
     kinds = _inbound_kinds(adds[-1][1])
+    outputs = _block_outputs(stages)
     blocks = [
-        path
+        outputs.get(path, path)
         for path, layer in adds
-        if _inbound_kinds(layer) == kinds and path not in chosen
+        if _inbound_kinds(layer) == kinds
+        and outputs.get(path, path) not in chosen
     ]
     free = min(max_taps - len(chosen), len(blocks))
     if free <= 0:
@@ -222,6 +226,21 @@ def _with_block_outputs(stages, chosen, max_taps):
         for i in range(free)
     ]
     return sorted(set(chosen) | set(picks), key=order.index)
+
+
+def _block_outputs(stages):
+    """`{add path: path of the activation applied to it}` for the `Add`
+    layers whose next candidate is an activation of the add alone."""
+    layers = [pair for stage in stages for pair in stage]
+    outputs = {}
+    for (path, layer), (next_path, next_layer) in zip(layers, layers[1:]):
+        if not isinstance(layer, keras.layers.Add):
+            continue
+        if isinstance(next_layer, _ACTIVATION_LAYERS) and (
+            keras_internals.inbound_layers(next_layer) == [layer]
+        ):
+            outputs[path] = next_path
+    return outputs
 
 
 def _inbound_kinds(layer):
@@ -272,6 +291,13 @@ _AFFINE_LAYERS = tuple(
         "Add Subtract Concatenate Average BatchNormalization Rescaling "
         "Normalization Embedding"
     ).split()
+    if hasattr(keras.layers, name)
+)
+# Layers that only apply a nonlinearity to their one input: after an `Add`,
+# the output of a residual block.
+_ACTIVATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in "Activation ReLU LeakyReLU ELU PReLU".split()
     if hasattr(keras.layers, name)
 )
 
