@@ -17,7 +17,7 @@ from keras_tac import codes
 from keras_tac import metrics
 from keras_tac import thresholds
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 try:
     _importlib.import_module("keras")

@@ -403,3 +403,15 @@ class TestCombinedConfidence:
         assert isinstance(clone, layers.CombinedConfidence)
         for a, b in zip(clone.weights, layer.weights):
             np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_kth_largest_counts_ties_as_a_sort(k):
+    from keras_tac.src.layers.combined_confidence import kth_largest
+
+    rng = np.random.default_rng(k)
+    # Few distinct values, so that ties fall everywhere, including at k.
+    values = rng.integers(0, 6, size=(64, 40)).astype("float32") / 5.0
+    values[0] = 0.4  # one row of equal values
+    expected = np.sort(values, axis=1)[:, -k]
+    np.testing.assert_array_equal(to_numpy(kth_largest(values, k)), expected)

@@ -105,8 +105,9 @@ class ActivationProfile(keras.layers.Layer):
         # policy, and this layer's own call has cast and checked the inputs:
         # calling their `call` skips Keras's per-call bookkeeping, costly
         # per sublayer, tap and step in eager PyTorch (docs/performance.md;
-        # Keras's `TimeDistributed` calls its layer the same way). The Dense layers inside the
-        # projection keep their full call (quantized modes dispatch there).
+        # Keras's `TimeDistributed` calls its layer the same way). The Dense
+        # layers inside the projection keep their full call (quantized modes
+        # dispatch there).
         if len(inputs.shape) != 2:
             # Pooling is the identity on (batch, channels), e.g. the pooled
             # features that `fit` caches.

@@ -79,10 +79,41 @@ def knn_distance(features, bank, k, valid=None):
     similarity = ops.matmul(features, ops.transpose(bank))
     if valid is not None:
         similarity = ops.where(valid, similarity, -2.0)
-    # A sort, not `top_k`: JAX lowers `top_k` to a StableHLO composite that
-    # TensorFlow 2.21 cannot load from a JAX-exported SavedModel.
-    kth = ops.sort(similarity, axis=-1)[:, -k]
+    kth = kth_largest(similarity, k)
     return ops.sqrt(ops.maximum(2.0 - 2.0 * kth, 0.0))
+
+
+def kth_largest(values, k):
+    """The `k`-th largest entry of each row of `values` `(batch, n)`, ties
+    counted with their multiplicity (as `sort(values)[:, -k]`).
+
+    `k` passes of max-and-remove instead of a sort: a sort of 4,096
+    similarities costs some 60x more on XLA:CPU, and JAX's `top_k` lowers
+    to a StableHLO composite that TensorFlow 2.21 cannot load from a
+    JAX-exported SavedModel. Each pass removes every entry equal to the row
+    maximum and counts them, so ties are exact.
+
+    Example:
+
+    >>> values = np.array([[0.1, 0.9, 0.5, 0.9]], "float32")
+    >>> [float(v) for v in np.asarray(kth_largest(values, 3))]
+    [0.5]
+    """
+    values = ops.convert_to_tensor(values)
+    rows = ops.shape(values)[0]
+    remaining = ops.full((rows,), float(k))
+    answer = ops.full((rows,), float("-inf"))
+    done = ops.zeros((rows,), "bool")
+    for _ in range(k):
+        top = ops.max(values, axis=-1)
+        is_top = ops.equal(values, ops.expand_dims(top, -1))
+        count = ops.sum(ops.cast(is_top, "float32"), axis=-1)
+        found = ops.logical_and(ops.logical_not(done), count >= remaining)
+        answer = ops.where(found, top, answer)
+        done = ops.logical_or(done, found)
+        remaining = remaining - count
+        values = ops.where(is_top, float("-inf"), values)
+    return answer
 
 
 @keras_tac_export("keras_tac.layers.CombinedConfidence")
