@@ -28,9 +28,11 @@ def run_example(name, *args):
 
 def test_mnist_rejection(tmp_path):
     output = os.path.join(tmp_path, "tac.keras")
-    stdout = run_example("mnist_rejection.py", "--quick", "--output", output)
+    stdout = run_example("mnist_rejection.py", "--quick", "--save", output)
     assert "| accuracy on accepted |" in stdout
     assert "| error-detection AUROC, TAC |" in stdout
+    # The example checked its figures against the recorded ones.
+    assert "quick figures within tolerance" in stdout
     tac = keras.saving.load_model(output)
     assert isinstance(tac, keras_tac.TACModel)
     assert tac.threshold is not None
