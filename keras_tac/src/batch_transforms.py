@@ -57,7 +57,33 @@ def mix_batch(x, y, alpha, num_classes, rng):
     return keras.tree.map_structure(mix, x), mix(probabilities)
 
 
-class TransformedBatches(keras.utils.PyDataset):
+class MappedBatches(keras.utils.PyDataset):
+    """The batches of another `PyDataset`, each passed through `transform`
+    (which subclasses define), in the source's order and epochs.
+
+    Args:
+        source: a `keras.utils.PyDataset`, or `None` when batches are passed
+            to `transform` directly.
+    """
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        return self.transform(self.source[index])
+
+    def on_epoch_end(self):
+        self.source.on_epoch_end()
+
+    def transform(self, batch):
+        raise NotImplementedError
+
+
+class TransformedBatches(MappedBatches):
     """The batches of another `PyDataset`, augmented and/or mixed.
 
     Args:
@@ -72,21 +98,11 @@ class TransformedBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, source, augmentation, mixup_alpha, num_classes, seed):
-        super().__init__()
-        self.source = source
+        super().__init__(source)
         self.augmentation = augmentation
         self.mixup_alpha = mixup_alpha
         self.num_classes = num_classes
         self.rng = np.random.default_rng(seed)
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, index):
-        return self.transform(self.source[index])
-
-    def on_epoch_end(self):
-        self.source.on_epoch_end()
 
     def transform(self, batch):
         """One `(x, y[, sample_weight])` batch, transformed."""

@@ -182,7 +182,7 @@ class AdversarialTraining:
         return model.fit(data, **fit_kwargs)
 
 
-class AdversarialBatches(keras.utils.PyDataset):
+class AdversarialBatches(batch_transforms.MappedBatches):
     """The batches of another `PyDataset` with their first inputs attacked.
 
     Args:
@@ -195,22 +195,12 @@ class AdversarialBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, source, model, adversarial, seed):
-        super().__init__()
-        self.source = source
+        super().__init__(source)
         self.model = model
         self.adversarial = adversarial
         self.rng = np.random.default_rng(seed)
         # Cleared by `AttackCallback` when training ends.
         self.active = True
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, index):
-        return self.transform(self.source[index])
-
-    def on_epoch_end(self):
-        self.source.on_epoch_end()
 
     def transform(self, batch):
         """One `(x, y[, sample_weight])` batch, its first inputs
