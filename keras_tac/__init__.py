@@ -12,6 +12,7 @@ Keras backend. Everything else needs one (`pip install keras-tac[jax]`,
 """
 
 import importlib as _importlib
+import sys as _sys
 
 from keras_tac import codes
 from keras_tac import metrics
@@ -19,7 +20,20 @@ from keras_tac import thresholds
 
 __version__ = "0.2.0"
 
+
+def _is_model_server():
+    """Whether this process is `python -m keras_tac.serve`, which serves an
+    exported artifact without Keras (see keras_tac/serve.py)."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    return any(
+        flag == "-m" and module == "keras_tac.serve"
+        for flag, module in zip(argv, argv[1:])
+    )
+
+
 try:
+    if _is_model_server():
+        raise ImportError("the model server process does not load Keras")
     _importlib.import_module("keras")
 except ImportError as error:
     # Keras could not load its backend (none installed): the NumPy-only

@@ -7,6 +7,8 @@ import pytest
 from keras import ops
 from sklearn.datasets import load_digits
 
+import keras_tac
+
 
 def to_numpy(x):
     """A backend tensor (or array, or list) as a NumPy array."""
@@ -88,6 +90,22 @@ def trained_cnn_weights(digits):
     )
     model.fit(x, y, epochs=4, batch_size=64, verbose=0)
     return model.get_weights()
+
+
+def calibrated_tac(digits, trained_cnn_weights):
+    """A TACModel on the trained CNN, fit for one epoch and calibrated
+    (80% coverage on the first 150 test digits): what the export and
+    serving tests ship."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, _) = digits
+    base = make_cnn()
+    base.set_weights(trained_cnn_weights)
+    tac = keras_tac.TACModel(base)
+    tac.compile(optimizer=keras.optimizers.Adam(1e-2))
+    tac.fit(x_train[:256], y_train[:256], batch_size=64, epochs=1, verbose=0)
+    tac.calibrate(x_test[:150], target_coverage=0.8, verbose=0)
+    return tac
 
 
 @pytest.fixture

@@ -2,18 +2,17 @@
 
 Loads an exported TAC artifact the way a server does, with TensorFlow
 (SavedModel) or ONNX Runtime (ONNX) and without Keras or keras-tac (both are
-blocked from import), runs its signatures on given arrays and answers TF
-Serving REST request bodies through keras_tac/serving.py, loaded by file
-path.
+blocked from import; keras_tac/src/serving.py is loaded by file path), and
+runs its signatures on given arrays. tests/test_serve.py talks to the real
+server over HTTP.
 
 Usage: python serving_client.py JOB.json
 
 JOB.json holds `format` ("tf_saved_model" or "onnx"), `artifact` (path),
 `serving_module` (path of keras_tac/serving.py), `arrays` (an .npz of
 named batches; a key "NAME" runs the default signature, a pair "NAME" /
-"NAME:threshold" also runs "serve_with_threshold"), `requests` (a list of
-`{"id": ..., "body": JSON text}`) and `output` (a folder for the results:
-direct.npz and rest.json).
+"NAME:threshold" also runs "serve_with_threshold") and `output` (a folder
+for the results: direct.npz and report.json).
 """
 
 import importlib.util
@@ -78,11 +77,6 @@ def main(job_path):
                 )
                 for output, value in outputs.items():
                     direct[f"{key}:threshold/{output}"] = value
-    rest = {}
-    for request in job["requests"]:
-        status, response = serving.handle(request["body"], signatures)
-        # As the server would send it: JSON text (NaN written as NaN).
-        rest[request["id"]] = {"status": status, "body": json.dumps(response)}
     loaded = sorted(
         name
         for name, module in sys.modules.items()
@@ -90,10 +84,9 @@ def main(job_path):
     )
     os.makedirs(job["output"], exist_ok=True)
     np.savez(os.path.join(job["output"], "direct.npz"), **direct)
-    with open(os.path.join(job["output"], "rest.json"), "w") as file:
+    with open(os.path.join(job["output"], "report.json"), "w") as file:
         json.dump(
             {
-                "rest": rest,
                 "signatures": {
                     name: {
                         input_name: [dtype, list(shape)]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import keras_tac
+import keras_tac.serve  # noqa: F401 (not imported by keras_tac: needs KServe)
 from keras_tac.src.api_export import EXPORTS
 
 PUBLIC_MODULES = (
@@ -23,6 +24,7 @@ PUBLIC_MODULES = (
     "keras_tac.rejection",
     "keras_tac.saving",
     "keras_tac.scores",
+    "keras_tac.serve",
     "keras_tac.tapping",
     "keras_tac.thresholds",
 )

@@ -4,9 +4,9 @@ The module fixture trains and calibrates a small TAC model, exports it
 (SavedModel on TensorFlow and JAX, ONNX on PyTorch) and runs
 tests/serving_client.py in a separate process that loads the artifact with
 TensorFlow or ONNX Runtime while Keras and keras-tac are blocked from
-import. The tests compare what that process answered, to direct signature
-calls and to TF Serving REST request bodies, with `predict_with_rejection`
-in this process.
+import. The tests compare what that process answered to direct signature
+calls with `predict_with_rejection` in this process. The real server, over
+HTTP, is tests/test_serve.py.
 """
 
 import json
@@ -17,6 +17,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import calibrated_tac
 from conftest import make_cnn
 
 import keras_tac
@@ -46,89 +47,12 @@ def _artifact_path(folder):
     return os.path.join(folder, "tac.onnx" if FORMAT == "onnx" else "tac")
 
 
-def _bodies(batch_1, batch_17, thresholds_17):
-    rows = batch_17.tolist()
-    requests = {
-        "rows": {"instances": rows},
-        "rows_named": {
-            "signature_name": "serving_default",
-            "instances": [{"image": row} for row in rows],
-        },
-        "columns": {"inputs": rows},
-        "columns_named": {"inputs": {"image": batch_1.tolist()}},
-    }
-    if HAS_THRESHOLD_SIGNATURE:
-        requests["rows_threshold"] = {
-            "signature_name": "serve_with_threshold",
-            "instances": [
-                {"image": row, "threshold": float(threshold)}
-                for row, threshold in zip(rows, thresholds_17)
-            ],
-        }
-        requests["columns_threshold"] = {
-            "signature_name": "serve_with_threshold",
-            "inputs": {"image": rows, "threshold": thresholds_17.tolist()},
-        }
-    bodies = {key: json.dumps(body) for key, body in requests.items()}
-    row = rows[0]
-    malformed = {
-        "not_json": ("{instances: [", "not valid JSON"),
-        "not_object": ("[1, 2]", "expected a JSON object"),
-        "both": (
-            {"instances": [row], "inputs": [row]},
-            "exactly one of 'instances'",
-        ),
-        "neither": ({"signature_name": "serving_default"}, "Received neither"),
-        "unknown_key": ({"instance": [row]}, "unknown keys ['instance']"),
-        "empty": ({"instances": []}, "non-empty list"),
-        "ragged": ({"instances": [row, row[:-1]]}, "not ragged"),
-        "wrong_shape": (
-            {"instances": [[[0.5] * 8] * 8]},
-            "expects a tensor of shape (None, 8, 8, 1)",
-        ),
-        "strings": (
-            {"instances": [[[["a"]] * 8] * 8]},
-            "expects float32 values",
-        ),
-        "unknown_signature": (
-            {"signature_name": "nope", "instances": [row]},
-            "'nope' not found in signature def",
-        ),
-        "wrong_input_name": ({"inputs": {"img": [row]}}, "Missing: ['image']"),
-        "mixed_rows": ({"instances": [{"image": row}, row]}, "not a mix"),
-        "b64": ({"instances": [{"b64": "AAAA"}]}, "base64"),
-    }
-    if HAS_THRESHOLD_SIGNATURE:
-        malformed["threshold_missing"] = (
-            {"signature_name": "serve_with_threshold", "instances": [row]},
-            "several inputs",
-        )
-        malformed["threshold_batch"] = (
-            {
-                "signature_name": "serve_with_threshold",
-                "inputs": {"image": [row, row], "threshold": [0.5]},
-            },
-            "same batch size",
-        )
-    for key, (body, _) in malformed.items():
-        bodies[key] = body if isinstance(body, str) else json.dumps(body)
-    errors = {key: expected for key, (_, expected) in malformed.items()}
-    return bodies, errors
-
-
 @pytest.fixture(scope="module")
 def served(digits, trained_cnn_weights, tmp_path_factory):
     """Exports a calibrated model, serves it from another process, and
     returns what that process answered with this process's references."""
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = digits
-    base = make_cnn()
-    base.set_weights(trained_cnn_weights)
-    tac = keras_tac.TACModel(base)
-    tac.compile(optimizer=keras.optimizers.Adam(1e-2))
-    tac.fit(x_train[:256], y_train[:256], batch_size=64, epochs=1, verbose=0)
-    tac.calibrate(x_test[:150], target_coverage=0.8, verbose=0)
+    tac = calibrated_tac(digits, trained_cnn_weights)
+    x_test = digits[1][0]
 
     batch_1 = x_test[150:151]
     batch_17 = x_test[151:168].copy()
@@ -166,13 +90,11 @@ def served(digits, trained_cnn_weights, tmp_path_factory):
     if HAS_THRESHOLD_SIGNATURE:
         arrays["batch_17:threshold"] = thresholds_17
     np.savez(os.path.join(folder, "arrays.npz"), **arrays)
-    bodies, errors = _bodies(batch_1, batch_17, thresholds_17)
     job = {
         "format": FORMAT,
         "artifact": artifact,
         "serving_module": SERVING_MODULE,
         "arrays": os.path.join(folder, "arrays.npz"),
-        "requests": [{"id": key, "body": body} for key, body in bodies.items()],
         "output": os.path.join(folder, "results"),
     }
     with open(os.path.join(folder, "job.json"), "w") as file:
@@ -192,14 +114,13 @@ def served(digits, trained_cnn_weights, tmp_path_factory):
     assert process.returncode == 0, process.stderr[-3000:]
     with np.load(os.path.join(job["output"], "direct.npz")) as direct:
         direct = {key: direct[key] for key in direct.files}
-    with open(os.path.join(job["output"], "rest.json")) as file:
+    with open(os.path.join(job["output"], "report.json")) as file:
         report = json.load(file)
     return {
         "artifact": artifact,
         "references": references,
         "direct": direct,
         "report": report,
-        "errors": errors,
         "threshold": tac.threshold,
     }
 
@@ -293,79 +214,6 @@ class TestServingProcess(ServedResults):
             for name in export_lib.SERVING_OUTPUTS
         }
         assert_matches(outputs, served["references"]["batch_17:threshold"])
-
-
-class TestRestRequests(ServedResults):
-    def response(self, served, key):
-        answer = served["report"]["rest"][key]
-        return answer["status"], json.loads(answer["body"])
-
-    @pytest.mark.parametrize(
-        "key, reference",
-        [
-            ("rows", "batch_17"),
-            ("rows_named", "batch_17"),
-            pytest.param(
-                "rows_threshold",
-                "batch_17:threshold",
-                marks=pytest.mark.skipif(
-                    not HAS_THRESHOLD_SIGNATURE, reason=NO_THRESHOLD_SIGNATURE
-                ),
-            ),
-        ],
-    )
-    def test_row_format(self, served, key, reference):
-        status, body = self.response(served, key)
-        assert status == 200
-        assert list(body) == ["predictions"]
-        predictions = body["predictions"]
-        assert isinstance(predictions, list) and len(predictions) == 17
-        for item in predictions:
-            assert set(item) == set(export_lib.SERVING_OUTPUTS)
-            assert type(item["prediction"]) is int
-            assert type(item["tac_prediction"]) is int
-            assert type(item["accepted"]) is bool
-            assert isinstance(item["confidence"], float)
-            assert len(item["probabilities"]) == 10
-        outputs = {
-            name: np.array([item[name] for item in predictions])
-            for name in export_lib.SERVING_OUTPUTS
-        }
-        assert_matches(outputs, served["references"][reference])
-
-    @pytest.mark.parametrize(
-        "key, reference",
-        [
-            ("columns", "batch_17"),
-            ("columns_named", "batch_1"),
-            pytest.param(
-                "columns_threshold",
-                "batch_17:threshold",
-                marks=pytest.mark.skipif(
-                    not HAS_THRESHOLD_SIGNATURE, reason=NO_THRESHOLD_SIGNATURE
-                ),
-            ),
-        ],
-    )
-    def test_columnar_format(self, served, key, reference):
-        status, body = self.response(served, key)
-        assert status == 200
-        assert list(body) == ["outputs"]
-        outputs = body["outputs"]
-        assert set(outputs) == set(export_lib.SERVING_OUTPUTS)
-        rows = len(served["references"][reference]["accepted"])
-        for name, value in outputs.items():
-            assert isinstance(value, list) and len(value) == rows, name
-        assert all(type(value) is bool for value in outputs["accepted"])
-        outputs = {name: np.array(value) for name, value in outputs.items()}
-        assert_matches(outputs, served["references"][reference])
-
-    def test_malformed_requests_get_clear_errors(self, served):
-        for key, expected in served["errors"].items():
-            status, body = self.response(served, key)
-            assert status == 400, key
-            assert list(body) == ["error"], key
-            assert expected in body["error"], (key, body["error"])
 
 
 @pytest.mark.skipif(FORMAT != "tf_saved_model", reason=NO_SAVED_MODEL)
@@ -499,116 +347,3 @@ class TestExportOptions:
             tac.export(
                 str(tmp_path / "tac.onnx"), format="onnx", threshold=-1.0
             )
-
-
-class TestServingAdapter:
-    """`keras_tac.serving` on a toy signature: no model, no Keras."""
-
-    @pytest.fixture(autouse=True)
-    def clear_session(self):
-        yield
-
-    @pytest.fixture
-    def signatures(self):
-        def two_outputs(x):
-            return {
-                "total": x.sum(axis=-1),
-                "largest": np.argmax(x, axis=-1).astype("int32"),
-            }
-
-        def one_output(x, scale):
-            return {"scaled": x * scale[:, None]}
-
-        return {
-            "serving_default": serving.Signature(
-                two_outputs, {"x": ("float32", (None, 2))}
-            ),
-            "scale": serving.Signature(
-                one_output,
-                {"x": ("float32", (None, 2)), "scale": ("float32", (None,))},
-            ),
-        }
-
-    def test_row_and_columnar_responses(self, signatures):
-        rows = {"instances": [[1, 2], [3, 4.5]]}
-        assert serving.predict(rows, signatures) == {
-            "predictions": [
-                {"total": 3.0, "largest": 1},
-                {"total": 7.5, "largest": 1},
-            ]
-        }
-        columns = {"inputs": {"x": [[1, 2], [3, 4.5]]}}
-        assert serving.predict(json.dumps(columns), signatures) == {
-            "outputs": {"total": [3.0, 7.5], "largest": [1, 1]}
-        }
-        # A single output is sent bare, in both formats.
-        scaled = {
-            "signature_name": "scale",
-            "instances": [{"x": [1, 2], "scale": 2}, {"x": [0, 1], "scale": 3}],
-        }
-        assert serving.predict(scaled, signatures) == {
-            "predictions": [[2.0, 4.0], [0.0, 3.0]]
-        }
-        scaled = {
-            "signature_name": "scale",
-            "inputs": {"x": [[1, 2]], "scale": [2]},
-        }
-        assert serving.predict(scaled.copy(), signatures) == {
-            "outputs": [[2.0, 4.0]]
-        }
-
-    def test_non_finite_values_round_trip(self, signatures):
-        body = '{"inputs": [[NaN, 1], [Infinity, 2]]}'
-        response = serving.predict(body, signatures)
-        total = response["outputs"]["total"]
-        assert np.isnan(total[0]) and total[1] == np.inf
-        assert "NaN" in json.dumps(response)
-
-    @pytest.mark.parametrize(
-        "body, message",
-        [
-            (b"\xff", "not valid JSON"),
-            ('{"instances": [[1, 2]], "inputs": [[1, 2]]}', "Received both"),
-            ('{"instances": [[1, 2, 3]]}', "Received shape (1, 3)"),
-            ('{"instances": [[1, 2], [3]]}', "not ragged"),
-            ('{"instances": [[true, false]]}', "Received values of type bool"),
-            ('{"instances": [[null, 1]]}', "not ragged"),
-            ('{"signature_name": 3, "inputs": [[1, 2]]}', "3 not found"),
-            ('{"signature_name": "scale", "inputs": [[1, 2]]}', "several"),
-        ],
-    )
-    def test_errors(self, signatures, body, message):
-        with pytest.raises(serving.RequestError) as error:
-            serving.predict(body, signatures)
-        assert message in str(error.value)
-        status, response = serving.handle(body, signatures)
-        assert status == 400 and response == {"error": str(error.value)}
-
-    def test_integer_inputs_reject_floats(self):
-        signature = serving.Signature(
-            lambda ids: {"ids": ids}, {"ids": ("int32", (None,))}
-        )
-        assert serving.predict('{"instances": [1, 2]}', signature) == {
-            "predictions": [1, 2]
-        }
-        with pytest.raises(serving.RequestError, match="expects int32"):
-            serving.predict('{"instances": [1.5, 2]}', signature)
-
-    def test_imports_without_keras(self):
-        code = (
-            "import importlib.util, sys\n"
-            "sys.modules['keras'] = None\n"
-            "sys.modules['keras_tac'] = None\n"
-            f"spec = importlib.util.spec_from_file_location('s', "
-            f"{SERVING_MODULE!r})\n"
-            "module = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(module)\n"
-            "print(sorted(module.predict('{\"inputs\": [1]}', "
-            "module.Signature(lambda x: {'y': x}, "
-            "{'x': ('float32', (None,))}))))\n"
-        )
-        process = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True
-        )
-        assert process.returncode == 0, process.stderr
-        assert process.stdout.strip() == "['outputs']"

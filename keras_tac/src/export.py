@@ -11,16 +11,9 @@ from keras import ops
 from keras_tac.src import keras_internals
 from keras_tac.src import optional
 from keras_tac.src import rejection
+from keras_tac.src.serving import SERVING_OUTPUTS
 
 FORMATS = ("tf_saved_model", "onnx")
-SERVING_OUTPUTS = (
-    "prediction",
-    "confidence",
-    "accepted",
-    "tac_prediction",
-    "tac_confidence",
-    "probabilities",
-)
 SERVE_ENDPOINT = "serve"
 THRESHOLD_ENDPOINT = "serve_with_threshold"
 THRESHOLD_INPUT = "threshold"

@@ -1,10 +1,10 @@
-"""TF Serving's REST predict API, in pure Python and NumPy.
+"""TF Serving's REST predict bodies, in pure Python and NumPy.
 
-Turns the JSON body of a TF Serving predict request (`POST
-/v1/models/NAME:predict`) into input arrays, runs a signature, and builds
-the JSON response TF Serving would send back, so an exported `TACModel`
-can be checked against exactly the requests a client sends, and served
-behind any web framework when TF Serving is not at hand.
+The part of a TF Serving predict request (`POST /v1/models/NAME:predict`)
+that a model server leaves to the model: turning the decoded JSON body into
+one NumPy array per signature input, and the outputs back into the JSON
+response TF Serving sends. `keras_tac.serve` (a KServe model server) calls
+it; HTTP, JSON parsing and status codes are KServe's.
 
 Request bodies (https://www.tensorflow.org/tfx/serving/api_rest):
 
@@ -19,11 +19,10 @@ Request bodies (https://www.tensorflow.org/tfx/serving/api_rest):
 `{"predictions": [{name: value, ...}, ...]}` for row requests (a list of
 plain values when the signature has a single output),
 `{"outputs": {name: [...], ...}}` for columnar ones (the tensor itself for
-a single output), and `{"error": "..."}` with HTTP status 400 for a
-malformed request.
+a single output). A malformed body raises `RequestError` (HTTP 400).
 
-This module imports neither Keras nor keras-tac: a serving process can
-load it on its own, by file path, next to TensorFlow or ONNX Runtime.
+This module imports neither Keras nor keras-tac's model code: the serving
+process loads it next to TensorFlow or ONNX Runtime alone.
 """
 
 import collections
@@ -32,14 +31,25 @@ import json
 import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
+# What an exported `TACModel` answers, in this order (`TACModel.export`).
+SERVING_OUTPUTS = (
+    "prediction",
+    "confidence",
+    "accepted",
+    "tac_prediction",
+    "tac_confidence",
+    "probabilities",
+)
 
-Signature = collections.namedtuple("Signature", ["fn", "inputs"])
-Signature.__doc__ = """A callable serving signature and its inputs.
+Signature = collections.namedtuple(
+    "Signature", ["fn", "inputs", "outputs"], defaults=[None]
+)
+Signature.__doc__ = """A callable serving signature, its inputs and outputs.
 
 `fn(**arrays)` takes one NumPy array per input name and returns a dict of
-NumPy arrays (one row per input row). `inputs` maps each input name to
-`(dtype, shape)`, a NumPy dtype string and a tuple whose `None` entries
-(the batch axis first) take any size."""
+NumPy arrays (one row per input row). `inputs` (and `outputs`, when known)
+map each name to `(dtype, shape)`, a NumPy dtype string and a tuple whose
+`None` entries (the batch axis first) take any size."""
 
 
 class RequestError(ValueError):
@@ -59,16 +69,20 @@ def saved_model_signature(function):
         A `Signature`.
     """
     _, specs = function.structured_input_signature
-    inputs = {
-        name: (spec.dtype.name, tuple(spec.shape.as_list()))
-        for name, spec in specs.items()
-    }
+
+    def describe(specs):
+        return {
+            name: (spec.dtype.name, tuple(spec.shape.as_list()))
+            for name, spec in specs.items()
+        }
 
     def run(**arrays):
         outputs = function(**arrays)
         return {name: np.asarray(value) for name, value in outputs.items()}
 
-    return Signature(run, inputs)
+    return Signature(
+        run, describe(specs), describe(function.structured_outputs)
+    )
 
 
 _ONNX_TYPES = {
@@ -94,31 +108,35 @@ def onnx_signature(session):
     Returns:
         A `Signature`.
     """
-    inputs = {}
-    for node in session.get_inputs():
-        if node.type not in _ONNX_TYPES:
-            raise ValueError(
-                f"Unsupported ONNX input type for {node.name!r}: expected one "
-                f"of {sorted(_ONNX_TYPES)}. Received: {node.type}"
+
+    def describe(nodes):
+        described = {}
+        for node in nodes:
+            if node.type not in _ONNX_TYPES:
+                raise ValueError(
+                    f"Unsupported ONNX type for {node.name!r}: expected one "
+                    f"of {sorted(_ONNX_TYPES)}. Received: {node.type}"
+                )
+            shape = tuple(
+                dim if isinstance(dim, int) else None for dim in node.shape
             )
-        shape = tuple(
-            dim if isinstance(dim, int) else None for dim in node.shape
-        )
-        inputs[node.name] = (_ONNX_TYPES[node.type], shape)
-    names = [node.name for node in session.get_outputs()]
+            described[node.name] = (_ONNX_TYPES[node.type], shape)
+        return described
+
+    outputs = describe(session.get_outputs())
+    names = list(outputs)
 
     def run(**arrays):
         return dict(zip(names, session.run(names, arrays)))
 
-    return Signature(run, inputs)
+    return Signature(run, describe(session.get_inputs()), outputs)
 
 
 def decode_request(body, signatures):
     """Parses a predict request body into input arrays.
 
     Args:
-        body: the request body: a JSON `str` or `bytes`, or the decoded
-            `dict`.
+        body: the decoded JSON body (a `dict`).
         signatures: a `Signature`, or a dict from signature name to
             `Signature`.
 
@@ -130,8 +148,18 @@ def decode_request(body, signatures):
     Raises:
         RequestError: if the body is not a valid predict request for the
             signature.
+
+    Example:
+
+    >>> signature = Signature(
+    ...     lambda x: {"double": 2 * x}, {"x": ("float32", (None, 2))}
+    ... )
+    >>> name, arrays, row_format = decode_request(
+    ...     {"instances": [[1, 2], [3, 4]]}, signature
+    ... )
+    >>> name, arrays["x"].tolist(), row_format
+    ('serving_default', [[1.0, 2.0], [3.0, 4.0]], True)
     """
-    body = _load_json(body)
     if not isinstance(body, dict):
         raise RequestError(
             "Invalid request: expected a JSON object with 'instances' or "
@@ -215,53 +243,31 @@ def encode_response(outputs, row_format):
     }
 
 
-def predict(body, signatures):
-    """Answers a predict request body as TF Serving would.
+def declared_rows(body):
+    """The number of rows a predict body holds, read without decoding it.
+
+    A server checks it against its batch limit before building arrays.
 
     Args:
-        body: the request body (JSON `str` / `bytes`, or decoded `dict`).
-        signatures: a `Signature`, or a dict from signature name to
-            `Signature`.
+        body: the decoded JSON body (a `dict`).
 
     Returns:
-        The response dict (see `encode_response`).
-
-    Raises:
-        RequestError: for a malformed request.
+        The length of `"instances"`, or of the outer list of the first
+        `"inputs"` tensor; `0` when the body holds neither as a list.
 
     Example:
 
-    >>> signature = Signature(
-    ...     lambda x: {"double": 2 * x}, {"x": ("float32", (None, 2))}
-    ... )
-    >>> predict('{"instances": [[1, 2], [3, 4]]}', signature)
-    {'predictions': [[2.0, 4.0], [6.0, 8.0]]}
-    >>> predict('{"inputs": {"x": [[1, 2]]}}', signature)
-    {'outputs': [[2.0, 4.0]]}
+    >>> declared_rows({"instances": [[1, 2], [3, 4], [5, 6]]})
+    3
+    >>> declared_rows({"inputs": {"x": [[1, 2]], "t": [0.5]}})
+    1
     """
-    name, arrays, row_format = decode_request(body, signatures)
-    outputs = _as_signature_dict(signatures)[name].fn(**arrays)
-    return encode_response(outputs, row_format)
-
-
-def handle(body, signatures):
-    """Like `predict`, as an HTTP handler: returns `(status, response)`,
-    with `(400, {"error": message})` for a malformed request."""
-    try:
-        return 200, predict(body, signatures)
-    except RequestError as error:
-        return 400, {"error": str(error)}
-
-
-def _load_json(body):
-    if isinstance(body, (bytes, bytearray, str)):
-        try:
-            return json.loads(body)
-        except ValueError as error:
-            raise RequestError(
-                f"Invalid request: the body is not valid JSON ({error})"
-            ) from None
-    return body
+    if not isinstance(body, dict):
+        return 0
+    value = body.get("instances", body.get("inputs"))
+    if isinstance(value, dict) and value:
+        value = next(iter(value.values()))
+    return len(value) if isinstance(value, list) else 0
 
 
 def _as_signature_dict(signatures):

@@ -1,0 +1,535 @@
+"""A KServe model server for what `TACModel.export` wrote.
+
+KServe (https://kserve.github.io) owns the HTTP side: routes, JSON
+parsing, readiness and metadata, its V1 protocol (TF Serving's REST API,
+`POST /v1/models/NAME:predict`) and V2 (the Open Inference Protocol of
+KServe and Triton, `POST /v2/models/NAME/infer`). This module adds the
+model KServe calls (`TACServingModel`: load the artifact, turn a request
+into arrays, run it, answer), request limits, and the command line:
+
+    python -m keras_tac.serve --model PATH --name mnist_tac --http-port 8080
+
+It imports neither Keras nor keras-tac's model code: the server runs next
+to TensorFlow (a SavedModel) or ONNX Runtime (an `.onnx` file) alone.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from keras_tac.src import serving
+from keras_tac.src.api_export import keras_tac_export
+
+THRESHOLD_SIGNATURE = "serve_with_threshold"
+THRESHOLD_PARAMETER = "threshold"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_MAX_BATCH_ROWS = 1024
+# V2 tensor datatypes of the NumPy dtypes an export uses.
+_V2_DATATYPES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+
+
+@keras_tac_export("keras_tac.serve.load_signatures")
+def load_signatures(path):
+    """Loads an exported `TACModel` as serving signatures.
+
+    Args:
+        path: a SavedModel directory (TensorFlow, JAX backends) or an
+            `.onnx` file (PyTorch backend), as `TACModel.export` wrote it.
+
+    Returns:
+        A dict from signature name to `keras_tac.serving.Signature`:
+        `"serving_default"` (the exported threshold), and for a SavedModel
+        also `"serve_with_threshold"` (a threshold per input row).
+
+    Raises:
+        ValueError: if `path` is neither.
+    """
+    if os.path.isfile(path) and path.endswith(".onnx"):
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            path, providers=["CPUExecutionProvider"]
+        )
+        return {serving.DEFAULT_SIGNATURE: serving.onnx_signature(session)}
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)
+        signatures = {
+            name: serving.saved_model_signature(function)
+            for name, function in loaded.signatures.items()
+        }
+        # The signature functions hold the loaded object weakly.
+        for signature in signatures.values():
+            signature.fn.loaded = loaded
+        return signatures
+    raise ValueError(
+        "Expected `model` to be what `TACModel.export` wrote: a SavedModel "
+        "directory (with a saved_model.pb) or an `.onnx` file. Received: "
+        f"{path!r}"
+    )
+
+
+@keras_tac_export("keras_tac.serve.BatchTooLarge")
+class BatchTooLarge(Exception):
+    """A request over the server's row limit (HTTP 413)."""
+
+
+def _kserve():
+    """Imports KServe, which parses `sys.argv` when imported: it must not
+    see (or reject) this server's own arguments."""
+    argv = sys.argv
+    sys.argv = argv[:1]
+    try:
+        import kserve
+        import kserve.model_server
+    except ImportError as error:
+        raise ImportError(
+            "`keras_tac.serve` needs KServe: `pip install keras-tac[serve]`."
+        ) from error
+    finally:
+        sys.argv = argv
+    return kserve
+
+
+def _model_base():
+    return _kserve().Model
+
+
+@keras_tac_export("keras_tac.serve.TACServingModel")
+class TACServingModel(_model_base()):
+    """The model a KServe server calls for an exported `TACModel`.
+
+    KServe decodes each request (a dict for V1, an `InferRequest` for V2)
+    and calls `predict`, which answers `prediction`, `confidence`,
+    `accepted`, `tac_prediction`, `tac_confidence` and `probabilities`,
+    as `TACModel.predict_with_rejection` does. A `threshold` request
+    parameter (`{"parameters": {"threshold": t}}`, in V1 and V2 bodies)
+    overrides the exported one. Inputs must be finite: JSON has no NaN, and
+    a V2 binary tensor holding one is refused (HTTP 400).
+
+    Args:
+        name: the model name in the URLs (`/v1/models/NAME:predict`).
+        model_path: a SavedModel directory or an `.onnx` file written by
+            `TACModel.export`.
+        max_batch_rows: the most rows one request may hold (HTTP 413
+            above, checked before the body is turned into arrays).
+
+    Example:
+
+    ```python
+    model = TACServingModel("mnist_tac", "serving/tac/1")
+    model.load()
+    serve_models([model], http_port=8080)
+    ```
+    """
+
+    def __init__(self, name, model_path, max_batch_rows=DEFAULT_MAX_BATCH_ROWS):
+        super().__init__(name)
+        if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
+            raise ValueError(
+                "Expected `max_batch_rows` to be a positive int. Received: "
+                f"{max_batch_rows!r}"
+            )
+        self.model_path = model_path
+        self.max_batch_rows = max_batch_rows
+        self.signatures = None
+
+    def load(self):
+        self.signatures = load_signatures(self.model_path)
+        self.ready = True
+        return self.ready
+
+    @property
+    def _default(self):
+        return self.signatures[serving.DEFAULT_SIGNATURE]
+
+    def get_input_types(self):
+        return _tensor_metadata(self._default.inputs)
+
+    def get_output_types(self):
+        return _tensor_metadata(self._default.outputs or {})
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        kserve = _kserve()
+        if isinstance(payload, kserve.InferRequest):
+            arrays, threshold = self._decode_v2(payload)
+            outputs = await self._run(
+                serving.DEFAULT_SIGNATURE, arrays, threshold
+            )
+            return self._encode_v2(payload, outputs)
+        if isinstance(payload, (bytes, bytearray)):
+            # KServe leaves bodies without a JSON content type undecoded;
+            # TF Serving reads them as JSON whatever the header.
+            payload = _parse_json(payload)
+        if not isinstance(payload, dict):
+            raise _invalid(
+                "Invalid request: expected a JSON object with 'instances' or "
+                f"'inputs'. Received: {type(payload).__name__}"
+            )
+        body = dict(payload)
+        threshold = _threshold(body.pop("parameters", None))
+        self._check_rows(serving.declared_rows(body))
+        try:
+            name, arrays, row_format = serving.decode_request(
+                body, self.signatures
+            )
+        except serving.RequestError as error:
+            raise _invalid(str(error)) from None
+        if threshold is not None and name != serving.DEFAULT_SIGNATURE:
+            raise _invalid(
+                f"Invalid request: the {THRESHOLD_PARAMETER!r} parameter "
+                f"goes with the default signature; {name!r} was named"
+            )
+        outputs = await self._run(name, arrays, threshold)
+        return serving.encode_response(outputs, row_format)
+
+    def _check_rows(self, rows):
+        if rows > self.max_batch_rows:
+            raise BatchTooLarge(
+                f"The request holds {rows} rows; this server takes at most "
+                f"{self.max_batch_rows} per request (--max-batch-rows)"
+            )
+
+    async def _run(self, name, arrays, threshold):
+        for input_name, array in arrays.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                rows = np.flatnonzero(
+                    ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+                )
+                raise _invalid(
+                    f"Invalid request: input {input_name!r} holds NaN or "
+                    f"infinite values (rows {rows[:10].tolist()}); expected "
+                    "finite numbers"
+                )
+        loop = asyncio.get_running_loop()
+        # Off the event loop: readiness and other requests keep answering.
+        outputs = await loop.run_in_executor(
+            None, self._call, name, arrays, threshold
+        )
+        return {key: outputs[key] for key in serving.SERVING_OUTPUTS}
+
+    def _call(self, name, arrays, threshold):
+        if threshold is None:
+            return self.signatures[name].fn(**arrays)
+        rows = len(next(iter(arrays.values())))
+        if THRESHOLD_SIGNATURE in self.signatures:
+            return self.signatures[THRESHOLD_SIGNATURE].fn(
+                **arrays,
+                **{THRESHOLD_PARAMETER: np.full(rows, threshold, "float32")},
+            )
+        # ONNX bakes the threshold in: the same accept rule as
+        # `TACModel.predict_with_rejection` (inputs are finite here).
+        outputs = dict(self._default.fn(**arrays))
+        confidence = np.asarray(outputs["confidence"], "float32")
+        outputs["accepted"] = np.isfinite(confidence) & (
+            confidence >= np.float32(threshold)
+        )
+        return outputs
+
+    def _decode_v2(self, request):
+        specs = self._default.inputs
+        names = [tensor.name for tensor in request.inputs]
+        if sorted(names) != sorted(specs):
+            raise _invalid(
+                f"Invalid request: expected the inputs {sorted(specs)}. "
+                f"Received: {names}"
+            )
+        arrays = {}
+        for tensor in request.inputs:
+            dtype, shape = specs[tensor.name]
+            datatype = _V2_DATATYPES[dtype]
+            if tensor.datatype != datatype:
+                raise _invalid(
+                    f"Invalid request: input {tensor.name!r} expects datatype "
+                    f"{datatype}. Received: {tensor.datatype}"
+                )
+            declared = tuple(tensor.shape)
+            if len(declared) != len(shape) or any(
+                want is not None and want != got
+                for want, got in zip(shape, declared)
+            ):
+                raise _invalid(
+                    f"Invalid request: input {tensor.name!r} expects shape "
+                    f"{list(d if d is not None else -1 for d in shape)} "
+                    f"(-1 = any size). Received: {list(declared)}"
+                )
+            self._check_rows(declared[0])
+            try:
+                array = tensor.as_numpy()
+            except (ValueError, TypeError) as error:
+                raise _invalid(
+                    f"Invalid request: the data of input {tensor.name!r} does "
+                    f"not fill its shape {list(declared)} ({error})"
+                ) from None
+            arrays[tensor.name] = array.astype(dtype, copy=False)
+        sizes = {name: len(array) for name, array in arrays.items()}
+        if len(set(sizes.values())) > 1 or 0 in sizes.values():
+            raise _invalid(
+                "Invalid request: every input needs the same, non-zero "
+                f"batch size. Received: {sizes}"
+            )
+        return arrays, _threshold(request.parameters)
+
+    def _encode_v2(self, request, outputs):
+        kserve = _kserve()
+        wanted = [
+            output.name for output in (request.request_outputs or [])
+        ] or list(serving.SERVING_OUTPUTS)
+        unknown = sorted(set(wanted) - set(outputs))
+        if unknown:
+            raise _invalid(
+                f"Invalid request: unknown outputs {unknown}; expected some "
+                f"of {list(serving.SERVING_OUTPUTS)}"
+            )
+        tensors = []
+        for name in wanted:
+            value = np.asarray(outputs[name])
+            tensor = kserve.InferOutput(
+                name=name,
+                shape=list(value.shape),
+                datatype=_V2_DATATYPES[value.dtype.name],
+            )
+            tensor.set_data_from_numpy(value, binary_data=False)
+            tensors.append(tensor)
+        return kserve.InferResponse(
+            response_id=request.id or "",
+            model_name=self.name,
+            infer_outputs=tensors,
+        )
+
+
+def _parse_json(body):
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise _invalid(
+            f"Invalid request: the body is not valid JSON ({error})"
+        ) from None
+
+
+def _invalid(message):
+    return _kserve().errors.InvalidInput(message)
+
+
+def _threshold(parameters):
+    """The `threshold` request parameter, or `None`."""
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise _invalid(
+            "Invalid request: expected 'parameters' to be an object, e.g. "
+            f'{{"{THRESHOLD_PARAMETER}": 0.5}}. Received: {parameters!r}'
+        )
+    unknown = sorted(set(parameters) - {THRESHOLD_PARAMETER})
+    if unknown:
+        raise _invalid(
+            f"Invalid request: unknown parameters {unknown}; expected "
+            f"only {THRESHOLD_PARAMETER!r}"
+        )
+    if THRESHOLD_PARAMETER not in parameters:
+        return None
+    value = parameters[THRESHOLD_PARAMETER]
+    if isinstance(value, dict):  # V2 REST may wrap values by type.
+        value = next(iter(value.values()), None)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
+        raise _invalid(
+            f"Invalid request: expected the {THRESHOLD_PARAMETER!r} "
+            f"parameter to be a finite number. Received: {value!r}"
+        )
+    return float(value)
+
+
+def _tensor_metadata(specs):
+    return [
+        {
+            "name": name,
+            "datatype": _V2_DATATYPES[dtype],
+            "shape": [-1 if dim is None else dim for dim in shape],
+        }
+        for name, (dtype, shape) in specs.items()
+    ]
+
+
+class BodySizeLimit:
+    """ASGI middleware refusing request bodies over `max_bytes` (HTTP 413)
+    before they reach KServe's decoding: by their `Content-Length`, or
+    while a chunked body streams in."""
+
+    def __init__(self, app, max_bytes):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and int(length) > self.max_bytes:
+            return await self._refuse(send, int(length))
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(received)
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _BodyTooLarge as error:
+            if started:
+                raise
+            await self._refuse(send, error.args[0], at_least=True)
+
+    async def _refuse(self, send, size, at_least=False):
+        message = (
+            f"The request body is {'over ' if at_least else ''}{size} "
+            f"bytes; this server takes at most {self.max_bytes} "
+            "(--max-body-bytes)"
+        )
+        body = json.dumps({"error": message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _batch_too_large(request, error):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=413, content={"error": str(error)})
+
+
+@keras_tac_export("keras_tac.serve.serve_models")
+def serve_models(
+    models,
+    http_port=DEFAULT_HTTP_PORT,
+    host=DEFAULT_HOST,
+    max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+):
+    """Serves loaded models over HTTP with KServe's REST server until
+    interrupted (SIGINT or SIGTERM).
+
+    Args:
+        models: loaded `TACServingModel`s (or other KServe models).
+        http_port: the port to listen on.
+        host: the address to bind; `"127.0.0.1"` keeps the server local,
+            `"0.0.0.0"` exposes it on every interface.
+        max_body_bytes: the largest request body accepted (HTTP 413 above).
+    """
+    kserve = _kserve()
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import (
+        ModelRepositoryExtension,
+    )
+    from kserve.protocol.rest.server import RESTServer
+
+    registry = ModelRepository()
+    for model in models:
+        if not model.ready:
+            raise ValueError(f"Model {model.name!r} is not loaded.")
+        registry.update(model)
+    app = kserve.model_server.app
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_exception_handler(BatchTooLarge, _batch_too_large)
+    server = RESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        DataPlane(model_registry=registry),
+        ModelRepositoryExtension(model_registry=registry),
+        http_port,
+    )
+    # KServe's server binds every interface; this one binds `host` only.
+    server.config.host = host
+    server.run()
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_tac.serve",
+        description=(
+            "Serve an exported TACModel (SavedModel directory or .onnx file) "
+            "with KServe: V1 (TF Serving REST) and V2 (Open Inference "
+            "Protocol) endpoints."
+        ),
+    )
+    parser.add_argument(
+        "--model", required=True, help="what TACModel.export wrote"
+    )
+    parser.add_argument("--name", required=True, help="the model name")
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="the address to bind (0.0.0.0: every interface)",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES
+    )
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS
+    )
+    return parser
+
+
+@keras_tac_export("keras_tac.serve.main")
+def main(argv=None):
+    """The command line: `python -m keras_tac.serve --help`."""
+    args = _parser().parse_args(argv)
+    # TensorFlow imports Keras when it can; the server does without it.
+    for name in ("keras", "tf_keras"):
+        sys.modules.setdefault(name, None)
+    model = TACServingModel(args.name, args.model, args.max_batch_rows)
+    model.load()
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_models(
+            [model],
+            http_port=args.http_port,
+            host=args.host,
+            max_body_bytes=args.max_body_bytes,
+        )

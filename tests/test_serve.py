@@ -1,0 +1,595 @@
+"""`python -m keras_tac.serve`, tested as a client would.
+
+The module fixture exports a calibrated model on the current backend
+(SavedModel on TensorFlow and JAX, ONNX on PyTorch), starts the KServe
+server on it as a subprocess on 127.0.0.1 (a free port), waits for
+readiness and talks HTTP to it. Answers are compared with
+`predict_with_rejection` in this process.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import keras
+import numpy as np
+import psutil
+import pytest
+from conftest import calibrated_tac
+
+from keras_tac.src import serving
+
+BACKEND = keras.backend.backend()
+FORMAT = "onnx" if BACKEND == "torch" else "tf_saved_model"
+NAME = "tac"
+MAX_BODY_BYTES = 200_000
+MAX_BATCH_ROWS = 64
+INTS = ("prediction", "tac_prediction")
+FLOATS = ("confidence", "tac_confidence", "probabilities")
+V2_DATATYPES = {
+    "prediction": "INT32",
+    "confidence": "FP32",
+    "accepted": "BOOL",
+    "tac_prediction": "INT32",
+    "tac_confidence": "FP32",
+    "probabilities": "FP32",
+}
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_server(artifact, log_path):
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "keras_tac.serve",
+        "--model",
+        artifact,
+        "--name",
+        NAME,
+        "--http-port",
+        str(port),
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+        "--max-batch-rows",
+        str(MAX_BATCH_ROWS),
+    ]
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.close()
+            with open(log_path) as file:
+                tail = file.read()[-3000:]
+            pytest.fail(f"the server exited ({process.returncode}):\n{tail}")
+        try:
+            if (
+                httpx.get(f"{url}/v2/health/ready", timeout=2).status_code
+                == 200
+            ):
+                return process, url, log
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    pytest.fail("the server did not become ready within 300 s")
+
+
+@pytest.fixture(scope="module")
+def server(digits, trained_cnn_weights, tmp_path_factory):
+    tac = calibrated_tac(digits, trained_cnn_weights)
+    batch = digits[1][0][150:167]
+    reference = tac.predict_with_rejection(batch, verbose=0)
+    # A threshold that rejects a different number of rows than the
+    # calibrated one, so that the override shows in the decisions.
+    confidence = np.sort(reference["confidence"])
+    rejected = 3 if (~reference["accepted"]).sum() != 3 else 9
+    threshold = float(confidence[rejected - 1] + confidence[rejected]) / 2
+    at_threshold = tac.predict_with_rejection(
+        batch, threshold=threshold, verbose=0
+    )
+    logits = tac.predict(batch, verbose=0)["base_output"].astype("float64")
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+    reference["probabilities"] = at_threshold["probabilities"] = probabilities
+
+    folder = tmp_path_factory.mktemp("serve")
+    artifact = str(folder / ("tac.onnx" if FORMAT == "onnx" else "tac"))
+    tac.export(artifact, format=FORMAT, verbose=False)
+    log_path = str(folder / "server.log")
+    process, url, log = _start_server(artifact, log_path)
+    client = httpx.Client(base_url=url, timeout=60)
+    yield {
+        "client": client,
+        "process": process,
+        "port": int(url.rsplit(":", 1)[1]),
+        "log": log_path,
+        "batch": batch,
+        "reference": reference,
+        "threshold": threshold,
+        "at_threshold": at_threshold,
+    }
+    client.close()
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(autouse=True)
+def clear_session():
+    # The tests only talk HTTP; the module fixture owns the Keras session.
+    yield
+
+
+def assert_served(outputs, reference):
+    """Served outputs (name -> array) against `predict_with_rejection`:
+    exact for classes and decisions, close for floats."""
+    assert set(outputs) == set(serving.SERVING_OUTPUTS)
+    accepted = np.asarray(outputs["accepted"])
+    assert accepted.dtype == bool
+    np.testing.assert_array_equal(accepted, reference["accepted"])
+    for name in INTS:
+        np.testing.assert_array_equal(outputs[name], reference[name])
+    for name in FLOATS:
+        # Compiled and eager programs differ by up to ~3e-4 in the combined
+        # confidence (standardised sums over hundreds of features).
+        tolerance = 1e-3 if name == "confidence" else 1e-5
+        np.testing.assert_allclose(
+            np.asarray(outputs[name], "float64"),
+            reference[name],
+            rtol=tolerance,
+            atol=tolerance,
+            err_msg=name,
+        )
+
+
+def v1(server, body, **kwargs):
+    return server["client"].post(
+        f"/v1/models/{NAME}:predict", json=body, **kwargs
+    )
+
+
+def v2_body(batch, **extra):
+    return {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": list(batch.shape),
+                "datatype": "FP32",
+                "data": batch.ravel().tolist(),
+            }
+        ],
+        **extra,
+    }
+
+
+def v2(server, body, **kwargs):
+    return server["client"].post(
+        f"/v2/models/{NAME}/infer", json=body, **kwargs
+    )
+
+
+def rows_to_outputs(predictions):
+    return {
+        name: np.array([row[name] for row in predictions])
+        for name in serving.SERVING_OUTPUTS
+    }
+
+
+def columns_of(response):
+    """The outputs of a V1 columnar answer, as arrays."""
+    assert response.status_code == 200, response.text
+    outputs = response.json()["outputs"]
+    return {name: np.array(value) for name, value in outputs.items()}
+
+
+def v2_to_outputs(body):
+    outputs = {}
+    for tensor in body["outputs"]:
+        assert tensor["datatype"] == V2_DATATYPES[tensor["name"]]
+        outputs[tensor["name"]] = np.array(tensor["data"]).reshape(
+            tensor["shape"]
+        )
+    return outputs
+
+
+class TestPredict:
+    def test_readiness_and_metadata(self, server):
+        client = server["client"]
+        assert client.get(f"/v1/models/{NAME}").json() == {
+            "name": NAME,
+            "ready": True,
+        }
+        assert client.get(f"/v2/models/{NAME}/ready").status_code == 200
+        metadata = client.get(f"/v2/models/{NAME}").json()
+        assert metadata["name"] == NAME
+        assert metadata["inputs"] == [
+            {"name": "image", "datatype": "FP32", "shape": [-1, 8, 8, 1]}
+        ]
+        outputs = {item["name"]: item for item in metadata["outputs"]}
+        assert set(outputs) == set(serving.SERVING_OUTPUTS)
+        for name, item in outputs.items():
+            assert item["datatype"] == V2_DATATYPES[name], name
+        assert outputs["probabilities"]["shape"] == [-1, 10]
+        assert outputs["accepted"]["shape"] == [-1]
+
+    def test_v1_rows(self, server):
+        rows = server["batch"].tolist()
+        response = v1(server, {"instances": rows})
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert len(predictions) == 17
+        for row in predictions:
+            assert type(row["prediction"]) is int
+            assert type(row["accepted"]) is bool
+            assert isinstance(row["confidence"], float)
+        assert_served(rows_to_outputs(predictions), server["reference"])
+        # The exported threshold really decides: some rows go each way.
+        accepted = server["reference"]["accepted"]
+        assert accepted.any() and not accepted.all()
+
+    def test_v1_named_rows(self, server):
+        body = {
+            "signature_name": "serving_default",
+            "instances": [{"image": row} for row in server["batch"].tolist()],
+        }
+        response = v1(server, body)
+        assert response.status_code == 200, response.text
+        outputs = rows_to_outputs(response.json()["predictions"])
+        assert_served(outputs, server["reference"])
+
+    def test_v1_columns(self, server):
+        body = {"inputs": {"image": server["batch"].tolist()}}
+        assert_served(columns_of(v1(server, body)), server["reference"])
+
+    def test_v2_infer(self, server):
+        response = v2(server, v2_body(server["batch"], id="request-7"))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_name"] == NAME and body["id"] == "request-7"
+        assert_served(v2_to_outputs(body), server["reference"])
+
+    def test_v2_requested_outputs(self, server):
+        body = v2_body(server["batch"], outputs=[{"name": "accepted"}])
+        response = v2(server, body)
+        assert response.status_code == 200, response.text
+        (tensor,) = response.json()["outputs"]
+        assert tensor["name"] == "accepted"
+        np.testing.assert_array_equal(
+            tensor["data"], server["reference"]["accepted"]
+        )
+
+    def test_threshold_parameter(self, server):
+        parameters = {"threshold": server["threshold"]}
+        expected = server["at_threshold"]
+        # The override changes decisions, so the test can tell.
+        assert (expected["accepted"] != server["reference"]["accepted"]).any()
+        rows = server["batch"].tolist()
+        response = v1(server, {"instances": rows, "parameters": parameters})
+        assert response.status_code == 200, response.text
+        assert_served(rows_to_outputs(response.json()["predictions"]), expected)
+        response = v2(server, v2_body(server["batch"], parameters=parameters))
+        assert response.status_code == 200, response.text
+        assert_served(v2_to_outputs(response.json()), expected)
+
+    @pytest.mark.skipif(
+        FORMAT != "tf_saved_model",
+        reason="The ONNX export (PyTorch backend) has one signature; its "
+        "threshold override is the request parameter (tested above).",
+    )
+    def test_threshold_signature_as_tf_serving(self, server):
+        body = {
+            "signature_name": "serve_with_threshold",
+            "inputs": {
+                "image": server["batch"].tolist(),
+                "threshold": [server["threshold"]] * 17,
+            },
+        }
+        assert_served(columns_of(v1(server, body)), server["at_threshold"])
+
+    def test_body_without_json_content_type(self, server):
+        body = json.dumps({"instances": server["batch"][:2].tolist()})
+        response = server["client"].post(
+            f"/v1/models/{NAME}:predict",
+            content=body,
+            headers={"content-type": "text/plain"},
+        )
+        assert response.status_code == 200, response.text
+        outputs = rows_to_outputs(response.json()["predictions"])
+        np.testing.assert_array_equal(
+            outputs["prediction"], server["reference"]["prediction"][:2]
+        )
+
+    def test_concurrent_clients(self, server):
+        rows = server["batch"].tolist()
+        answers, errors = [], []
+
+        def client():
+            with httpx.Client(
+                base_url=server["client"].base_url, timeout=120
+            ) as own:
+                for _ in range(3):
+                    try:
+                        answers.append(
+                            own.post(
+                                f"/v1/models/{NAME}:predict",
+                                json={"instances": rows},
+                            )
+                        )
+                    except httpx.HTTPError as error:
+                        errors.append(error)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert [answer.status_code for answer in answers] == [200] * 24
+        for answer in answers:
+            outputs = rows_to_outputs(answer.json()["predictions"])
+            assert_served(outputs, server["reference"])
+
+
+def v2_tensor(name, shape, datatype, data):
+    """A V2 body with one input tensor."""
+    tensor = {"name": name, "shape": shape, "datatype": datatype}
+    return {"inputs": [{**tensor, "data": data}]}
+
+
+def _nan_binary_request(batch):
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(batch.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    return header + batch.tobytes(), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
+BAD_REQUESTS = {
+    # name: (protocol, body builder, status, message)
+    "not_json": ("v1", lambda b: "{instances: [", 400, "request format"),
+    "nan": ("v1", lambda b: '{"instances": [NaN]}', 400, "request format"),
+    "not_object": ("v1", lambda b: "[1, 2]", 400, "expected a JSON object"),
+    "wrong_shape": (
+        "v1",
+        lambda b: {"instances": [[[0.5] * 8] * 8]},
+        400,
+        "expects a tensor of shape (None, 8, 8, 1)",
+    ),
+    "strings": (
+        "v1",
+        lambda b: {"instances": [[[["a"]] * 8] * 8]},
+        400,
+        "expects float32 values",
+    ),
+    "unknown_signature": (
+        "v1",
+        lambda b: {"signature_name": "nope", "instances": b[:1].tolist()},
+        400,
+        "'nope' not found in signature def",
+    ),
+    "ragged": (
+        "v1",
+        lambda b: {"instances": [b[0].tolist(), b[1, :-1].tolist()]},
+        400,
+        "not ragged",
+    ),
+    "threshold_not_a_number": (
+        "v1",
+        lambda b: {
+            "instances": b[:1].tolist(),
+            "parameters": {"threshold": "x"},
+        },
+        400,
+        "to be a finite number",
+    ),
+    "unknown_parameter": (
+        "v1",
+        lambda b: {"instances": b[:1].tolist(), "parameters": {"top_k": 3}},
+        400,
+        "unknown parameters ['top_k']",
+    ),
+    "v2_wrong_datatype": (
+        "v2",
+        lambda b: v2_tensor("image", [1, 8, 8, 1], "INT32", [0] * 64),
+        400,
+        "expects datatype FP32. Received: INT32",
+    ),
+    "v2_wrong_shape": (
+        "v2",
+        lambda b: v2_tensor("image", [1, 64], "FP32", [0.0] * 64),
+        400,
+        "expects shape [-1, 8, 8, 1]",
+    ),
+    "v2_short_data": (
+        "v2",
+        lambda b: v2_tensor("image", [2, 8, 8, 1], "FP32", [0.0] * 64),
+        400,
+        "does not fill its shape",
+    ),
+    "v2_wrong_input_name": (
+        "v2",
+        lambda b: v2_tensor("img", [1, 8, 8, 1], "FP32", [0.0] * 64),
+        400,
+        "expected the inputs ['image']",
+    ),
+    "v2_nan_binary": ("v2", _nan_binary_request, 400, "NaN or infinite"),
+    "too_many_rows_v1": (
+        "v1",
+        lambda b: {"instances": [b[0].tolist()] * (MAX_BATCH_ROWS + 1)},
+        413,
+        f"at most {MAX_BATCH_ROWS} per request",
+    ),
+    "too_many_rows_columns": (
+        "v1",
+        lambda b: {"inputs": {"image": [b[0].tolist()] * (MAX_BATCH_ROWS + 1)}},
+        413,
+        f"at most {MAX_BATCH_ROWS} per request",
+    ),
+    "too_many_rows_v2": (
+        "v2",
+        lambda b: v2_body(np.repeat(b[:1], MAX_BATCH_ROWS + 1, axis=0)),
+        413,
+        f"at most {MAX_BATCH_ROWS} per request",
+    ),
+    "body_too_large": (
+        "v1",
+        lambda b: {"instances": [b[0].tolist()] * 400},
+        413,
+        f"at most {MAX_BODY_BYTES}",
+    ),
+}
+
+
+class TestBadRequests:
+    @pytest.mark.parametrize("name", sorted(BAD_REQUESTS))
+    def test_refused_with_a_clear_error(self, server, name):
+        protocol, build, status, message = BAD_REQUESTS[name]
+        path = (
+            f"/v1/models/{NAME}:predict"
+            if protocol == "v1"
+            else f"/v2/models/{NAME}/infer"
+        )
+        built = build(np.array(server["batch"]))
+        headers = {"content-type": "application/json"}
+        if isinstance(built, tuple):
+            built, headers = built
+        if not isinstance(built, (str, bytes)):
+            built = json.dumps(built)
+        if name == "v2_nan_binary":
+            batch = np.array(server["batch"][:2])
+            batch[1, 3, 3, 0] = np.nan
+            built, headers = _nan_binary_request(batch)
+        response = server["client"].post(path, content=built, headers=headers)
+        assert response.status_code == status, response.text
+        assert message in response.json()["error"], response.text
+        self.assert_still_serving(server)
+
+    def test_chunked_body_over_the_limit(self, server):
+        row = json.dumps(server["batch"][0].tolist()).encode()
+
+        def chunks():
+            yield b'{"instances": ['
+            for _ in range(400):
+                yield row + b","
+            yield row + b"]}"
+
+        response = server["client"].post(
+            f"/v1/models/{NAME}:predict",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 413, response.text
+        assert f"at most {MAX_BODY_BYTES}" in response.json()["error"]
+        self.assert_still_serving(server)
+
+    def test_unknown_model(self, server):
+        response = server["client"].post(
+            "/v1/models/nope:predict", json={"instances": [1]}
+        )
+        assert response.status_code == 404
+        assert "nope" in response.text
+        self.assert_still_serving(server)
+
+    def assert_still_serving(self, server):
+        assert server["process"].poll() is None
+        response = v1(server, {"instances": server["batch"][:3].tolist()})
+        assert response.status_code == 200, response.text
+        predictions = [
+            row["prediction"] for row in response.json()["predictions"]
+        ]
+        assert predictions == server["reference"]["prediction"][:3].tolist()
+
+
+class TestServerProcess:
+    def test_binds_loopback_only(self, server):
+        listening = [
+            connection.laddr
+            for connection in psutil.Process(server["process"].pid).connections(
+                kind="inet"
+            )
+            if connection.status == psutil.CONN_LISTEN
+        ]
+        assert listening, "the server listens on nothing"
+        assert {address.ip for address in listening} == {"127.0.0.1"}
+        assert {address.port for address in listening} == {server["port"]}
+
+    def test_never_imported_keras(self, server):
+        # `-X importtime` lists every module the server process imported.
+        with open(server["log"]) as file:
+            modules = {
+                line.rsplit("|", 1)[1].strip()
+                for line in file
+                if line.startswith("import time:") and "|" in line
+            }
+        assert "keras_tac.src.model_server" in modules
+        keras_modules = sorted(
+            name
+            for name in modules
+            if name.split(".")[0] in ("keras", "tf_keras")
+        )
+        assert keras_modules == []
+        # Of keras-tac, the serving modules and the pure-NumPy ones only.
+        ours = {name for name in modules if name.startswith("keras_tac.")}
+        assert "keras_tac.src.tac_model" not in ours
+        assert not any(name.startswith("keras_tac.src.layers") for name in ours)
+        if FORMAT == "onnx":
+            # ONNX Runtime alone (TensorFlow itself imports JAX when present).
+            assert "onnxruntime" in modules
+            assert not {"tensorflow", "torch", "jax"} & modules
+        else:
+            assert "tensorflow" in modules and "onnxruntime" not in modules
+
+
+def test_command_line_names_a_bad_model_path(tmp_path):
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_tac.serve",
+            "--model",
+            str(tmp_path / "missing"),
+            "--name",
+            NAME,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode != 0
+    assert "Expected `model` to be what `TACModel.export` wrote" in (
+        process.stderr
+    )
