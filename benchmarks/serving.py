@@ -1,0 +1,257 @@
+"""Load on the model server: `python -m keras_tac.serve` on localhost.
+
+    KERAS_BACKEND=tensorflow python -m benchmarks.serving          # figures
+    KERAS_BACKEND=torch python -m benchmarks.serving --short       # CI
+
+Exports the example CNN (28x28x1 inputs, TAC with the default taps and
+confidence; SavedModel on TensorFlow and JAX, ONNX on PyTorch), starts the
+server as a subprocess, and for each batch size (rows per request) and
+number of concurrent clients sends V1 row requests for a fixed time:
+requests and rows per second, p50 / p99 latency, errors (must be 0) and
+the server's resident memory before and after each step. The same batches
+through the loaded signature in this process give the reference: the
+ratio of the server's p50 latency at one client to the in-process call is
+what HTTP, JSON and KServe add. Prints a table and writes
+`benchmarks/results/serving_<backend>.json`. Client and server share the
+machine's cores.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import httpx
+import keras
+import numpy as np
+import psutil
+
+from benchmarks import common
+from keras_tac import TACModel
+from keras_tac.serve import load_signatures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+NAME = "tac"
+
+
+def _export(folder):
+    """A fitted, calibrated TAC on the example CNN, exported; returns the
+    artifact's path and sample inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.random((512, 28, 28, 1), dtype="float32")
+    y = rng.integers(0, 10, 512)
+    tac = TACModel(common.mnist_cnn())
+    tac.compile(optimizer="adam")
+    with warnings.catch_warnings():
+        # Random labels: TAC learns nothing, and says so; speed is the same.
+        warnings.simplefilter("ignore", UserWarning)
+        tac.fit(x, y, batch_size=128, epochs=1, verbose=0)
+    tac.calibrate(x[:256], target_coverage=0.8, verbose=0)
+    backend = keras.backend.backend()
+    artifact = os.path.join(folder, "tac.onnx" if backend == "torch" else "tac")
+    tac.export(
+        artifact,
+        format="onnx" if backend == "torch" else "tf_saved_model",
+        verbose=False,
+    )
+    return artifact, x
+
+
+def _start(artifact, log):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keras_tac.serve",
+            "--model",
+            artifact,
+            "--name",
+            NAME,
+            "--http-port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode})")
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise RuntimeError("the server did not become ready in 300 s")
+
+
+async def _load(url, body, clients, seconds):
+    """`clients` concurrent loops posting `body` for `seconds`."""
+    latencies, errors = [], 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def loop():
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                try:
+                    response = await client.post(
+                        f"{url}/v1/models/{NAME}:predict",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return latencies, errors, elapsed
+
+
+def _in_process_seconds(artifact, batch, repeats):
+    """Median seconds per call of the loaded signature on `batch`."""
+    signature = load_signatures(artifact)["serving_default"]
+    (name,) = signature.inputs
+    times = common.interleaved(
+        {"call": lambda: signature.fn(**{name: batch})}, repeats
+    )["call"]
+    return float(np.median(times))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--short", action="store_true")
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (1.0 if args.short else 8.0)
+    client_counts = (1, 8) if args.short else (1, 8, 32)
+    batch_sizes = (1, 32)
+    backend = keras.backend.backend()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as folder:
+        artifact, x = _export(folder)
+        log = open(os.path.join(folder, "server.log"), "w")
+        process, url = _start(artifact, log)
+        server = psutil.Process(process.pid)
+        try:
+            rows = []
+            # Warm up (first requests allocate the server's pools), then
+            # take the memory figure that later steps are held against.
+            warm_up = json.dumps({"instances": x[:32].tolist()}).encode()
+            asyncio.run(_load(url, warm_up, 8, min(seconds, 2.0)))
+            rss_start = server.memory_info().rss
+            for batch_size in batch_sizes:
+                batch = x[:batch_size]
+                body = json.dumps({"instances": batch.tolist()}).encode()
+                in_process = _in_process_seconds(artifact, batch, 30)
+                for clients in client_counts:
+                    latencies, errors, elapsed = asyncio.run(
+                        _load(url, body, clients, seconds)
+                    )
+                    p50, p99 = np.percentile(latencies, [50, 99])
+                    rows.append(
+                        {
+                            "batch": batch_size,
+                            "clients": clients,
+                            "requests_per_s": len(latencies) / elapsed,
+                            "rows_per_s": batch_size * len(latencies) / elapsed,
+                            "p50_ms": 1000 * p50,
+                            "p99_ms": 1000 * p99,
+                            "errors": errors,
+                            "in_process_ms": 1000 * in_process,
+                            "p50_over_in_process": p50 / in_process,
+                            "server_rss_mib": server.memory_info().rss / 2**20,
+                        }
+                    )
+            rss_end = server.memory_info().rss
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+            log.close()
+    result = {
+        "mode": "short" if args.short else "full",
+        "seconds_per_step": seconds,
+        "machine": common.machine(),
+        "commit": _commit(),
+        "load_average_before": load_before,
+        "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
+        "rows": rows,
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"serving_{result['mode']}_{backend}.json")
+    with open(path, "w") as file:
+        json.dump(result, file, indent=1)
+    print(format_table(result))
+    errors = sum(row["errors"] for row in rows)
+    if errors:
+        print(f"FAILED: {errors} requests did not get HTTP 200")
+    return 1 if errors else 0
+
+
+def format_table(result):
+    lines = [
+        f"Serving, {result['machine']['backend']}, commit {result['commit']}, "
+        f"{result['seconds_per_step']:g} s per step, load average "
+        f"{result['load_average_before']:.1f}; server RSS after warm-up "
+        f"{result['server_rss_mib']['start']:.0f} MiB, at the end "
+        f"{result['server_rss_mib']['end']:.0f} MiB",
+        "",
+        "| rows/request | clients | requests/s | rows/s | p50 ms | p99 ms "
+        "| errors | in-process ms | p50 / in-process |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['batch']} | {row['clients']} "
+            f"| {row['requests_per_s']:.0f} | {row['rows_per_s']:.0f} "
+            f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} "
+            f"| {row['in_process_ms']:.2f} "
+            f"| {row['p50_over_in_process']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _commit():
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "keras_tac", "benchmarks"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
