@@ -243,7 +243,14 @@ def _commit():
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "keras_tac", "benchmarks"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "keras_tac",
+                "benchmarks",
+                ":(exclude)benchmarks/results",
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT,

@@ -118,6 +118,7 @@ def served(digits, trained_cnn_weights, tmp_path_factory):
         report = json.load(file)
     return {
         "artifact": artifact,
+        "arrays": job["arrays"],
         "references": references,
         "direct": direct,
         "report": report,
@@ -218,7 +219,7 @@ class TestServingProcess(ServedResults):
 
 @pytest.mark.skipif(FORMAT != "tf_saved_model", reason=NO_SAVED_MODEL)
 class TestSavedModelCli(ServedResults):
-    def test_show_all_lists_the_signatures(self, served):
+    def saved_model_cli(self, *args):
         cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
         if os.path.exists(cli):
             command = [cli]
@@ -229,14 +230,39 @@ class TestSavedModelCli(ServedResults):
                 "tensorflow.python.tools.saved_model_cli",
             ]
         process = subprocess.run(
-            [*command, "show", "--all", "--dir", served["artifact"]],
+            [*command, *args],
             capture_output=True,
             text=True,
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
             timeout=300,
         )
         assert process.returncode == 0, process.stderr[-3000:]
-        text = process.stdout
+        return process.stdout
+
+    def test_run_answers_as_predict_with_rejection(self, served, tmp_path):
+        self.saved_model_cli(
+            "run",
+            "--dir",
+            served["artifact"],
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--inputs",
+            f"image={served['arrays']}[batch_1]",
+            "--outdir",
+            str(tmp_path),
+        )
+        outputs = {
+            name: np.load(tmp_path / f"{name}.npy")
+            for name in export_lib.SERVING_OUTPUTS
+        }
+        assert_matches(outputs, served["references"]["batch_1"])
+
+    def test_show_all_lists_the_signatures(self, served):
+        text = self.saved_model_cli(
+            "show", "--all", "--dir", served["artifact"]
+        )
         sections = text.split("signature_def[")
         by_name = {
             section.split("]", 1)[0].strip("'"): section
