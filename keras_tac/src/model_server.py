@@ -94,7 +94,7 @@ class BatchTooLarge(Exception):
     """A request over the server's row limit (HTTP 413)."""
 
 
-def _kserve():
+def _import_kserve():
     """Imports KServe, which parses `sys.argv` when imported: it must not
     see (or reject) this server's own arguments."""
     argv = sys.argv
@@ -111,12 +111,11 @@ def _kserve():
     return kserve
 
 
-def _model_base():
-    return _kserve().Model
+kserve = _import_kserve()
 
 
 @keras_tac_export("keras_tac.serve.TACServingModel")
-class TACServingModel(_model_base()):
+class TACServingModel(kserve.Model):
     """The model a KServe server calls for an exported `TACModel`.
 
     KServe decodes each request (a dict for V1, an `InferRequest` for V2)
@@ -170,7 +169,6 @@ class TACServingModel(_model_base()):
         return _tensor_metadata(self._default.outputs or {})
 
     async def predict(self, payload, headers=None, response_headers=None):
-        kserve = _kserve()
         if isinstance(payload, kserve.InferRequest):
             arrays, threshold = self._decode_v2(payload)
             outputs = await self._run(
@@ -291,7 +289,6 @@ class TACServingModel(_model_base()):
         return arrays, _threshold(request.parameters)
 
     def _encode_v2(self, request, outputs):
-        kserve = _kserve()
         wanted = [
             output.name for output in (request.request_outputs or [])
         ] or list(serving.SERVING_OUTPUTS)
@@ -328,7 +325,7 @@ def _parse_json(body):
 
 
 def _invalid(message):
-    return _kserve().errors.InvalidInput(message)
+    return kserve.errors.InvalidInput(message)
 
 
 def _threshold(parameters):
@@ -461,7 +458,6 @@ def serve_models(
             `"0.0.0.0"` exposes it on every interface.
         max_body_bytes: the largest request body accepted (HTTP 413 above).
     """
-    kserve = _kserve()
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.model_repository import ModelRepository
     from kserve.protocol.dataplane import DataPlane
