@@ -3,6 +3,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import Batches
 from conftest import make_cnn
 from scipy import special
 
@@ -287,6 +288,44 @@ class TestFitAndSave:
         assert set(result) == {"mahalanobis", "knn"}
         with pytest.raises(ValueError, match="labels"):
             scores.fit_scorers(tac, x[:10], y[:9], fitted, verbose=0)
+
+    def test_datasets_stream_as_arrays(self, tac, digits):
+        import tensorflow as tf
+
+        (x, y), (x_test, _) = digits
+        x, y, x_test = x[:200], y[:200], x_test[:50]
+
+        def fitted(data, labels=None):
+            scorer = scores.MahalanobisDistance()
+            scores.fit_scorers(tac, data, labels, [scorer], verbose=0)
+            return scorer
+
+        # The oracle: the same scorers fitted and applied on arrays.
+        oracle = fitted(x, y)
+        expected = scores.compute_scores(tac, x_test, [oracle], verbose=0)
+        sources = {
+            "tf.data": lambda *a: tf.data.Dataset.from_tensor_slices(
+                a if len(a) > 1 else a[0]
+            ).batch(64),
+            "PyDataset": Batches,
+        }
+        for name, make in sources.items():
+            scorer = fitted(make(x, y))
+            for got, want in zip(scorer.means, oracle.means):
+                np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+            result = scores.compute_scores(
+                tac, make(x_test), [scorer], verbose=0
+            )
+            np.testing.assert_allclose(
+                result["mahalanobis"],
+                expected["mahalanobis"],
+                rtol=1e-4,
+                err_msg=name,
+            )
+        with pytest.raises(ValueError, match="y=None"):
+            fitted(Batches(x, y), y)
+        with pytest.raises(ValueError, match="needs labels"):
+            fitted(Batches(x))
 
     def test_fit_scorers_label_rule(self, tac, digits):
         (x, y), _ = digits
