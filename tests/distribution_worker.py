@@ -161,9 +161,8 @@ def distributed_scope():
 
 
 def streamed(kind, *arrays):
-    """`arrays` as a dataset of batches of 64, or unchanged (`kind=None`)."""
-    if kind is None:
-        return arrays if len(arrays) > 1 else arrays[0]
+    """`arrays` as a dataset of batches of 64 (`kind`: "tf.data" or
+    "PyDataset")."""
     if kind == "PyDataset":
         return Batches(*arrays)
     import tensorflow as tf
@@ -218,12 +217,14 @@ def run(mode, distributed, data, workdir):
                 **fit_kwargs(options, x, y, cache_dir),
             ).history
         with phase(prefix + "evaluate"):
-            metrics = tac.evaluate(
-                streamed(kind, x_val, y_val),
-                batch_size=None if kind else 64,
-                return_dict=True,
-                verbose=0,
-            )
+            if kind is None:
+                metrics = tac.evaluate(
+                    x_val, y_val, batch_size=64, return_dict=True, verbose=0
+                )
+            else:
+                metrics = tac.evaluate(
+                    streamed(kind, x_val, y_val), return_dict=True, verbose=0
+                )
         with phase(prefix + "calibrate"):
             if kind is None:
                 summary = tac.calibrate(
