@@ -131,6 +131,15 @@ def rss_bytes():
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def anonymous_rss_bytes():
+    """The part of the RSS not backed by files (heap, stacks): the RSS less
+    its file-backed pages (memory-mapped files, which the kernel can drop
+    and re-read), from /proc (Linux)."""
+    with open("/proc/self/statm") as handle:
+        fields = handle.read().split()
+    return (int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
+
+
 class PeakRSS:
     """Context manager sampling the RSS every millisecond; `.peak` after."""
 
@@ -142,11 +151,15 @@ class PeakRSS:
     def _sample(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_bytes())
+            self.peak_anonymous = max(
+                self.peak_anonymous, anonymous_rss_bytes()
+            )
             time.sleep(self.interval)
 
     def __enter__(self):
         self.before = rss_bytes()
         self.peak = self.before
+        self.peak_anonymous = anonymous_rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self

@@ -40,6 +40,27 @@ def digits():
     return (x[:1400], y[:1400]), (x[1400:], y[1400:])
 
 
+class Batches(keras.utils.PyDataset):
+    """Fixed batches of rows of arrays, made on demand: a dataset that can
+    be read again, counting its batch reads in `reads`. A batch is the
+    tuple of the arrays' rows, or the rows of the only array."""
+
+    def __init__(self, *arrays, batch_size=64):
+        super().__init__()
+        self.arrays = arrays
+        self.batch_size = batch_size
+        self.reads = 0
+
+    def __len__(self):
+        return -(-len(self.arrays[0]) // self.batch_size)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        items = tuple(array[rows] for array in self.arrays)
+        return items if len(items) > 1 else items[0]
+
+
 def make_cnn(input_shape=(8, 8, 1), num_classes=10, softmax=False, seed=0):
     """A small functional CNN with named blocks: conv_1, conv_2, features."""
     init = keras.initializers.GlorotUniform

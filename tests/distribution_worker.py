@@ -13,9 +13,12 @@ its scope. The single-device run (the oracle) happens in the same process,
 with no distribution set, from the same seeds and data.
 
 For each training mode (add-on on cached features, add-on without the
-cache, joint `train_base=True`) and each run, the workflow fits, evaluates,
-calibrates, predicts with rejection, saves and reloads (the cached mode also
-exports a SavedModel and serves it with TensorFlow); the results go to
+cache, joint `train_base=True`, and two streamed add-on modes whose every
+phase reads a `tf.data.Dataset` or a `keras.utils.PyDataset`, the latter
+through the disk feature cache, scorers included) and each run, the
+workflow fits, evaluates, calibrates, predicts with rejection, saves and
+reloads (the cached mode also exports a SavedModel and serves it with
+TensorFlow); the results go to
 `OUTDIR/<mode>_<run>.npz`. Which devices the head's outputs lived on while
 each phase ran goes to `OUTDIR/placements.json`.
 """
@@ -25,16 +28,20 @@ import os
 import sys
 
 BACKEND = os.environ["KERAS_BACKEND"]
+# "cpu" (the tests: 2 host or logical CPU devices) or "gpu" (every GPU the
+# machine has; `benchmarks/gpu/scale_out.sh`).
+DEVICE_KIND = os.environ.get("KERAS_TAC_DEVICE_KIND", "cpu")
 NUM_DEVICES = 2
 
 if BACKEND == "tensorflow":
     # Before anything initialises TensorFlow's runtime.
     import tensorflow as tf
 
-    _cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_DEVICES
-    )
+    if DEVICE_KIND == "cpu":
+        _cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_DEVICES
+        )
 
 import contextlib  # noqa: E402
 
@@ -44,14 +51,25 @@ from sklearn.datasets import load_digits  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from conftest import Batches  # noqa: E402
 from conftest import make_cnn  # noqa: E402
 
 import keras_tac  # noqa: E402
+from keras_tac.src import features  # noqa: E402
 
 MODES = {
     "cached": dict(train_base=False, cache_features=True),
     "uncached": dict(train_base=False, cache_features=False),
     "joint": dict(train_base=True, cache_features=None),
+    # Streamed: every phase reads a dataset, not arrays (the scorers too).
+    # tf.data through the ordinary path; a PyDataset through the disk
+    # feature cache (a directory of memmaps).
+    "stream_tf_data": dict(
+        train_base=False, cache_features=False, stream="tf.data"
+    ),
+    "stream_py_dataset": dict(
+        train_base=False, cache_features=True, stream="PyDataset"
+    ),
 }
 # The mode whose models are also exported (a SavedModel) and served.
 EXPORT_MODE = "cached"
@@ -136,9 +154,33 @@ def distributed_scope():
         # One strategy per process: the collective all-reduces of a second
         # MirroredStrategy can collide with the first's (TensorFlow 2.21
         # aborts with "Shape mismatch in the collective instance").
-        logical = [d.name for d in tf.config.list_logical_devices("CPU")]
+        kind = DEVICE_KIND.upper()
+        logical = [d.name for d in tf.config.list_logical_devices(kind)]
         _STRATEGY["strategy"] = tf.distribute.MirroredStrategy(logical)
     return _STRATEGY["strategy"].scope
+
+
+def streamed(kind, *arrays):
+    """`arrays` as a dataset of batches of 64 (`kind`: "tf.data" or
+    "PyDataset")."""
+    if kind == "PyDataset":
+        return Batches(*arrays)
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(
+        arrays if len(arrays) > 1 else arrays[0]
+    ).batch(64)
+
+
+def fit_kwargs(options, x, y, directory):
+    """The data arguments of `fit` for a mode: arrays, or a dataset."""
+    kind = options.get("stream")
+    if kind is None:
+        return dict(x=x, y=y, batch_size=64)
+    kwargs = dict(x=streamed(kind, x, y))
+    if kind == "PyDataset":
+        kwargs["feature_cache_dir"] = directory
+    return kwargs
 
 
 def serve(export_dir, x):
@@ -164,24 +206,49 @@ def run(mode, distributed, data, workdir):
         if distributed:
             watch(tac)
         prefix = f"{mode}/"
+        kind = options.get("stream")
+        cache_dir = os.path.join(workdir, f"features_{int(distributed)}")
         with phase(prefix + "fit"):
             history = tac.fit(
-                x,
-                y,
                 epochs=2,
-                batch_size=64,
                 shuffle=False,
                 cache_features=options["cache_features"],
                 verbose=0,
+                **fit_kwargs(options, x, y, cache_dir),
             ).history
         with phase(prefix + "evaluate"):
-            metrics = tac.evaluate(
-                x_val, y_val, batch_size=64, return_dict=True, verbose=0
-            )
+            if kind is None:
+                metrics = tac.evaluate(
+                    x_val, y_val, batch_size=64, return_dict=True, verbose=0
+                )
+            else:
+                metrics = tac.evaluate(
+                    streamed(kind, x_val, y_val), return_dict=True, verbose=0
+                )
         with phase(prefix + "calibrate"):
-            summary = tac.calibrate(
-                x_cal, y_cal, target_coverage=0.8, batch_size=64, verbose=0
-            )
+            if kind is None:
+                summary = tac.calibrate(
+                    x_cal, y_cal, target_coverage=0.8, batch_size=64, verbose=0
+                )
+            else:
+                summary = tac.calibrate(
+                    streamed(kind, x_cal, y_cal),
+                    target_coverage=0.8,
+                    verbose=0,
+                )
+        scorer_results = {}
+        if kind is not None:
+            # A new feature extractor, so that its step is traced (and its
+            # placement recorded) in this phase, not reused from `fit`.
+            features._EXTRACTORS.pop(tac, None)
+            with phase(prefix + "scorers"):
+                scorer = keras_tac.scores.MahalanobisDistance()
+                keras_tac.scores.fit_scorers(
+                    tac, streamed(kind, x, y), None, [scorer], verbose=0
+                )
+                scorer_results = keras_tac.scores.compute_scores(
+                    tac, streamed(kind, x_test), [scorer], verbose=0
+                )
         with phase(prefix + "predict"):
             out = tac.predict_with_rejection(x_test, batch_size=64, verbose=0)
         path = os.path.join(workdir, f"{mode}_{int(distributed)}.keras")
@@ -200,6 +267,8 @@ def run(mode, distributed, data, workdir):
             "evaluate_tac_accuracy": np.float64(metrics["tac_accuracy"]),
             "calibrated_coverage": np.float64(summary["coverage"]),
         }
+        for name, values in scorer_results.items():
+            result["scores_" + name] = np.asarray(values)
         for key in REJECTION_KEYS:
             result[key] = np.asarray(out[key])
             result["loaded_" + key] = np.asarray(reloaded[key])

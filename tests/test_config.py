@@ -10,6 +10,7 @@ from conftest import make_cnn
 
 import keras_tac
 from keras_tac.src import config
+from keras_tac.src import disk_cache
 from keras_tac.src import feature_cache
 
 NUM_INPUTS = 32
@@ -60,11 +61,13 @@ class _ListCacheFiles(keras.callbacks.Callback):
         self.files = None
 
     def on_train_begin(self, logs=None):
-        self.files = {
-            name: np.load(os.path.join(directory, name), mmap_mode="r")
-            for directory in self.directories
-            for name in sorted(os.listdir(directory))
-        }
+        self.files = {}
+        for directory in self.directories:
+            part = os.path.join(directory, "train")
+            arrays = disk_cache.open_arrays(
+                part, disk_cache.read_manifest(part)
+            )
+            self.files.update({key: np.array(a) for key, a in arrays.items()})
 
 
 class TestBudgetSendsFeaturesToDisk:
@@ -107,7 +110,9 @@ class TestBudgetSendsFeaturesToDisk:
         expected = [outputs[0]] + [
             t.reshape(len(t), -1, t.shape[-1]).mean(axis=1) for t in outputs[1:]
         ]
-        assert list(files) == [f"features_{i}.npy" for i in range(1, 5)]
+        assert list(files) == ["base_output"] + [
+            f"pooled_{i}" for i in range(3)
+        ]
         for got, want in zip(files.values(), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         # Removed after training.

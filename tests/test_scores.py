@@ -3,6 +3,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import Batches
 from conftest import make_cnn
 from scipy import special
 
@@ -260,6 +261,26 @@ class TestDeepKNN(NumpyTests):
         with pytest.raises(ValueError, match="k"):
             scores.DeepKNN(k=0)
 
+    def test_expect_keeps_the_same_bank_in_bounded_memory(self):
+        features = np.random.default_rng(4).normal(size=(101, 5))
+        # The oracle: the whole data kept, then subsampled at `finalize`.
+        oracle = scores.DeepKNN(k=2, max_bank_size=12, seed=7)
+        oracle.update(synthetic_batch([features]), None)
+        oracle.finalize()
+        streamed = scores.DeepKNN(k=2, max_bank_size=12, seed=7)
+        streamed.expect(len(features))
+        for start, stop in ((0, 7), (7, 60), (60, 61), (61, 101)):
+            streamed.update(synthetic_batch([features[start:stop]]), None)
+            # Only the bank is held, never the batches.
+            assert streamed._parts == []
+        streamed.finalize()
+        np.testing.assert_array_equal(streamed.bank, oracle.bank)
+        short = scores.DeepKNN(k=2, max_bank_size=12)
+        short.expect(len(features))
+        short.update(synthetic_batch([features[:50]]), None)
+        with pytest.raises(ValueError, match="expected 101 fit inputs"):
+            short.finalize()
+
 
 class TestFitAndSave:
     def test_fit_scorers_on_a_model(self, tac, digits):
@@ -287,6 +308,47 @@ class TestFitAndSave:
         assert set(result) == {"mahalanobis", "knn"}
         with pytest.raises(ValueError, match="labels"):
             scores.fit_scorers(tac, x[:10], y[:9], fitted, verbose=0)
+
+    def test_datasets_stream_as_arrays(self, tac, digits):
+        import tensorflow as tf
+
+        (x, y), (x_test, _) = digits
+        x, y, x_test = x[:200], y[:200], x_test[:50]
+
+        def fitted(data, labels=None):
+            scorer = scores.MahalanobisDistance()
+            scores.fit_scorers(tac, data, labels, [scorer], verbose=0)
+            return scorer
+
+        # The oracle: the same scorers fitted and applied on arrays.
+        oracle = fitted(x, y)
+        expected = scores.compute_scores(tac, x_test, [oracle], verbose=0)
+        sources = {
+            "tf.data": lambda *a: tf.data.Dataset.from_tensor_slices(
+                a if len(a) > 1 else a[0]
+            ).batch(64),
+            "PyDataset": Batches,
+        }
+        for name, make in sources.items():
+            scorer = fitted(make(x, y))
+            for got, want in zip(scorer.means, oracle.means):
+                np.testing.assert_allclose(
+                    got, want, rtol=1e-5, atol=1e-6, err_msg=name
+                )
+            result = scores.compute_scores(
+                tac, make(x_test), [scorer], verbose=0
+            )
+            np.testing.assert_allclose(
+                result["mahalanobis"],
+                expected["mahalanobis"],
+                rtol=1e-4,
+                atol=1e-6,
+                err_msg=name,
+            )
+        with pytest.raises(ValueError, match="y=None"):
+            fitted(Batches(x, y), y)
+        with pytest.raises(ValueError, match="needs labels"):
+            fitted(Batches(x))
 
     def test_fit_scorers_label_rule(self, tac, digits):
         (x, y), _ = digits

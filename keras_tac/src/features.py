@@ -194,20 +194,24 @@ class FeatureExtractor:
                 yield batch, None if labels is None else labels[start:stop]
                 start = stop
             return
-        for element in _dataset_elements(x):
+        for element in dataset_elements(x):
             inputs, labels = element, None
             if isinstance(element, tuple):
                 inputs = element[0]
                 labels = element[1] if len(element) > 1 else None
-            # Each batch as arrays are checked (shape, dtype, finiteness).
-            self.check_inputs(inputs, where)
-            outputs = {
-                key: np.asarray(ops.convert_to_numpy(value))
-                for key, value in distribution.predict_on_batch(
-                    self.model, inputs
-                ).items()
-            }
-            yield self._batch(outputs), labels
+            yield self.features_of(inputs, where), labels
+
+    def features_of(self, inputs, where="scores"):
+        """The `FeatureBatch` of one batch of inputs (arrays), checked as
+        arrays are (shape, dtype, finiteness)."""
+        self.check_inputs(inputs, where)
+        outputs = {
+            key: np.asarray(ops.convert_to_numpy(value))
+            for key, value in distribution.predict_on_batch(
+                self.model, inputs
+            ).items()
+        }
+        return self._batch(outputs)
 
     def _batch(self, outputs):
         return FeatureBatch(
@@ -227,15 +231,13 @@ class FeatureExtractor:
         return model_inputs.check_inputs(x, self.input_shapes, where)
 
 
-def _dataset_elements(data):
+def dataset_elements(data):
     """The elements of a `tf.data.Dataset` or `PyDataset`, as NumPy."""
     if isinstance(data, keras.utils.PyDataset):
         for index in range(len(data)):
-            yield (
-                tuple(data[index])
-                if isinstance(data[index], (list, tuple))
-                else data[index]
-            )
+            # Read once: a batch may be expensive to make.
+            element = data[index]
+            yield tuple(element) if isinstance(element, list) else element
         return
     if hasattr(data, "as_numpy_iterator"):
         yield from data.as_numpy_iterator()

@@ -57,7 +57,8 @@ def fit_statistics_from_features(model, base_output, pooled, y):
         )
         for start in range(0, len(base_output), step)
     )
-    _store(model, batches)
+    # The number of inputs is known: the kNN bank keeps only its rows.
+    _store(model, batches, num_inputs=len(base_output))
 
 
 class TooFewInputs(ValueError):
@@ -79,12 +80,14 @@ def fit_after_training(model, fit):
     model.rejection_threshold.assign(float("nan"))
 
 
-def _store(model, batches):
+def _store(model, batches, num_inputs=None):
     layer = model.confidence_layer
     mahalanobis = MahalanobisDistance(taps="all")
     knn = DeepKNN(
         k=layer.k, tap=-1, max_bank_size=layer.bank_size, seed=model.seed
     )
+    if num_inputs is not None:
+        knn.expect(num_inputs)
     seen = 0
     for batch, labels in batches:
         if labels is None:

@@ -343,22 +343,42 @@ class TACModel(FrozenBaseMixin, keras.Model):
         cache_features=None,
         augmentation=None,
         adversarial=None,
+        feature_cache_dir=None,
         **kwargs,
     ):
         """Trains the TAC head (and the base, with `train_base=True`).
 
         Takes the arguments of `keras.Model.fit`, plus `cache_features`,
-        `augmentation` and `adversarial`.
+        `feature_cache_dir`, `augmentation` and `adversarial`.
         With a frozen base, no mixup and arrays as `x`, `y` and
         `validation_data`, every epoch would feed the head the same tapped
         activations: `fit` then runs the base once and trains the head on
         the pooled taps it keeps, with the same loss, metrics, callbacks
-        and `History` (see `keras_tac.src.feature_cache`).
+        and `History` (see `keras_tac.src.feature_cache`). The cached
+        features stay in memory up to
+        `keras_tac.config.feature_cache_memory_budget()`, else go to a
+        temporary directory removed afterwards, or to `feature_cache_dir`.
 
         Args:
             cache_features: `None` (cache when valid), `True` (require it;
-                an error says why it is not valid) or `False`. Defaults to
-                `None`.
+                an error says why it is not valid) or `False`. With `True`
+                (or a `feature_cache_dir`), `x` and `validation_data` may
+                also be a finite `tf.data.Dataset` or
+                `keras.utils.PyDataset` of `(inputs, labels[, weights])`
+                that gives the same batches at every pass (no random
+                augmentation): it is read once and streamed to disk.
+                Defaults to `None`.
+            feature_cache_dir: a directory path, or `None`. Keeps the
+                cached features there (on disk, read through memory maps:
+                memory does not grow with the number of samples) and reuses
+                them in later calls while they match the model (tap layers,
+                base weights, tap shapes and dtypes, head configuration)
+                and the data (number of samples, a hash of the inputs and
+                labels); anything else, an interrupted write included, is
+                rebuilt, with a message at `verbose > 0`. Implies
+                `cache_features=True`. Example:
+                `tac.fit(x, y, feature_cache_dir="/data/tac_cache")`.
+                Defaults to `None`.
             augmentation: a layer (called with `training=True`) or callable
                 applied to each batch of training inputs (not to
                 `validation_data`), e.g. a `keras.layers.Pipeline` of Keras's
@@ -383,12 +403,21 @@ class TACModel(FrozenBaseMixin, keras.Model):
             # model's tf.distribute scope, if any, as Keras's fit would.
             with distribution.strategy_scope(self):
                 optimizer.build(self.trainable_variables)
-        _check_adversarial(self, adversarial, cache_features, augmentation)
+        _check_adversarial(
+            self, adversarial, cache_features, augmentation, feature_cache_dir
+        )
         if adversarial is None and feature_cache.should_cache(
-            self, x, y, validation_data, cache_features, kwargs, augmentation
+            self,
+            x,
+            y,
+            validation_data,
+            cache_features,
+            kwargs,
+            augmentation,
+            feature_cache_dir,
         ):
             history = feature_cache.fit_on_cached_features(
-                self, x, y, validation_data, kwargs
+                self, x, y, validation_data, kwargs, feature_cache_dir
             )
         else:
             data = (x, y)
@@ -617,7 +646,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
         saving.compile_from_config_across_backends(self, config)
 
 
-def _check_adversarial(model, adversarial, cache_features, augmentation):
+def _check_adversarial(
+    model, adversarial, cache_features, augmentation, feature_cache_dir=None
+):
     if adversarial is None:
         return
     if not hasattr(adversarial, "training_data"):
@@ -626,9 +657,10 @@ def _check_adversarial(model, adversarial, cache_features, augmentation):
             "`keras_tac.attacks.AdversarialTraining` or None. "
             f"Received: adversarial={adversarial!r}"
         )
-    if cache_features:
+    if cache_features or feature_cache_dir is not None:
         raise ValueError(
-            "`cache_features=True` cannot be combined with `adversarial`: "
+            "`cache_features=True` (or a `feature_cache_dir`) cannot be "
+            "combined with `adversarial`: "
             "attacked inputs change at every step, so their tapped "
             "features cannot be cached."
         )

@@ -13,6 +13,7 @@ from keras_tac.src.scores.mahalanobis import MahalanobisDistance
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.tac_score import TAC_SCORES
 from keras_tac.src.scores.tac_score import TACScore
+from keras_tac.src.validation import model_inputs
 
 
 @keras_tac_export("keras_tac.scores.default_scorers")
@@ -50,8 +51,11 @@ def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
 
     Args:
         tac: a `keras_tac.TACModel`.
-        x: inputs (NumPy arrays).
-        y: integer labels `(n,)` or one-hot rows `(n, num_classes)`.
+        x: inputs: NumPy arrays, or a `tf.data.Dataset` or
+            `keras.utils.PyDataset` of `(inputs, labels)` batches (streamed,
+            one batch at a time).
+        y: integer labels `(n,)` or one-hot rows `(n, num_classes)` of
+            array inputs; `None` for a dataset.
         scorers: list of `Scorer`; those without `needs_fit` are skipped.
         batch_size: int. Defaults to `256`.
         verbose: progress bar, `"auto"`, `0` or `1`. Defaults to `"auto"`.
@@ -64,18 +68,31 @@ def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
     if not to_fit:
         return scorers
     extractor = FeatureExtractor.of(tac)
-    num_inputs = extractor.check_inputs(x, "fit_scorers")
-    labels = validation.check_class_indices(
-        y, tac.num_classes, num_inputs, "fit_scorers"
-    )
+    if model_inputs.is_arrays(x):
+        num_inputs = extractor.check_inputs(x, "fit_scorers")
+        y = validation.check_class_indices(
+            y, tac.num_classes, num_inputs, "fit_scorers"
+        )
+    elif y is not None:
+        raise ValueError(
+            "`fit_scorers` takes the labels from the dataset `x`: expected "
+            f"y=None. Received: y of type {type(y).__name__}"
+        )
     for scorer in to_fit:
         scorer.reset()
-    start = 0
-    for features in extractor.batches(x, batch_size, verbose, "fit_scorers"):
-        stop = start + len(features.base_output)
+    for features, labels in extractor.labelled_batches(
+        x, y, batch_size, verbose, "fit_scorers"
+    ):
+        if labels is None:
+            raise ValueError(
+                "`fit_scorers` needs labels: expected a dataset of "
+                "(inputs, labels). Received a dataset of inputs only."
+            )
+        labels = validation.check_class_indices(
+            labels, tac.num_classes, len(features.base_output), "fit_scorers"
+        )
         for scorer in to_fit:
-            scorer.update(features, labels[start:stop])
-        start = stop
+            scorer.update(features, labels)
     for scorer in to_fit:
         scorer.finalize()
     return scorers
@@ -94,7 +111,9 @@ def compute_scores(
 
     Args:
         tac: a `keras_tac.TACModel`.
-        x: inputs (NumPy arrays).
+        x: inputs: NumPy arrays, or a `tf.data.Dataset` or
+            `keras.utils.PyDataset` of inputs or `(inputs, labels)` batches
+            (streamed, one batch at a time).
         scorers: list of fitted `Scorer`, or `None` for the scorers of
             `default_scorers(tac)` that need no fitting. Defaults to `None`.
         batch_size: int. Defaults to `256`.
@@ -119,7 +138,9 @@ def compute_scores(
     parts = {scorer.name: [] for scorer in scorers}
     predictions = []
     extractor = FeatureExtractor.of(tac)
-    for features in extractor.batches(x, batch_size, verbose, "compute_scores"):
+    for features, _ in extractor.labelled_batches(
+        x, None, batch_size, verbose, "compute_scores"
+    ):
         predictions.append(features.prediction)
         for scorer in scorers:
             parts[scorer.name].append(

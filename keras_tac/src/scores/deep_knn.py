@@ -59,6 +59,33 @@ class DeepKNN(Scorer):
 
     def reset(self):
         self._parts = []
+        # Set by `expect`: the bank's rows, drawn before the data comes.
+        self._chosen = None
+        self._slots = None
+        self._bank = None
+        self._seen = 0
+        self._expected = None
+
+    def expect(self, num_inputs):
+        """Announces how many inputs the next `update` calls bring in all.
+
+        With a `max_bank_size` smaller than that, the rows of the bank are
+        drawn now, as `finalize` would draw them, and `update` keeps only
+        those: memory in `max_bank_size`, not in the number of inputs, and
+        the same bank.
+
+        Args:
+            num_inputs: int. The total number of inputs to come.
+        """
+        self.reset()
+        if self.max_bank_size is None or num_inputs <= self.max_bank_size:
+            return
+        rng = np.random.default_rng(self.seed)
+        choice = rng.choice(num_inputs, self.max_bank_size, replace=False)
+        # Sorted input indices, and each one's row in the bank.
+        self._slots = np.argsort(choice)
+        self._chosen = choice[self._slots]
+        self._expected = int(num_inputs)
 
     def _normalised(self, features):
         try:
@@ -72,9 +99,31 @@ class DeepKNN(Scorer):
         return vectors / np.maximum(norms, 1e-12)
 
     def update(self, features, labels):
-        self._parts.append(self._normalised(features))
+        vectors = self._normalised(features)
+        if self._chosen is None:
+            self._parts.append(vectors)
+            return
+        if self._bank is None:
+            self._bank = np.empty(
+                (len(self._chosen), vectors.shape[1]), np.float32
+            )
+        start = self._seen
+        low, high = np.searchsorted(self._chosen, [start, start + len(vectors)])
+        self._bank[self._slots[low:high]] = vectors[
+            self._chosen[low:high] - start
+        ]
+        self._seen += len(vectors)
 
     def finalize(self):
+        if self._chosen is not None:
+            if self._seen != self._expected:
+                raise ValueError(
+                    f"Scorer {self.name!r} expected {self._expected} fit "
+                    f"inputs (`expect`) but received {self._seen}."
+                )
+            self.bank = self._bank
+            self.reset()
+            return
         if not self._parts:
             raise ValueError(
                 f"Scorer {self.name!r} saw no fit data: call `update` with at "
