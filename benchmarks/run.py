@@ -37,8 +37,9 @@ def main(argv=None):
     parser.add_argument("--output-dir", default=RESULTS)
     parser.add_argument(
         "--figures",
-        help="comma-separated subset of inference,jit,training,scale,memory "
-        "(updates those figures in an existing result file)",
+        help="comma-separated subset of inference,jit,training,scale,memory,"
+        "resnet (updates those figures in an existing result file; resnet, "
+        "ResNet50 at 96x96, runs by default in --full only)",
     )
     parser.add_argument(
         "--table-only",
@@ -143,6 +144,7 @@ def _rows(result):
                 f"{plain['tac_ms_per_sample']:.3f} ms)",
             )
         )
+    rows.extend(_resnet_rows(result.get("resnet", {})))
     if "skipped" in jit:
         jit_cell = "skipped (--full)"
     elif "note" in jit:
@@ -224,6 +226,33 @@ def _rows(result):
     load = result.get("load_average_before")
     if load:
         rows.append(("   load average (1 min) before", f"{load[0]:.1f}"))
+    return rows
+
+
+def _resnet_rows(resnet):
+    """The ResNet50 figure's rows (none when it was not run)."""
+    if "predict_ratio" not in resnet:
+        return []
+    rows = [
+        (
+            "6. ResNet50 96x96: TACModel.predict / base predict (batch 64)",
+            f"{_ratio(resnet['predict_ratio']['median'])} "
+            f"(floor {_ratio(resnet['floor'], 3)})",
+        ),
+        (
+            "   ResNet50: predict_with_rejection / base predict",
+            f"{_ratio(resnet['rejection_ratio']['median'])} "
+            f"(base {resnet['base_ms_per_sample']:.1f} ms per sample)",
+        ),
+    ]
+    plain = resnet.get("predict_jax_default_options_ratio")
+    if plain:
+        rows.append(
+            (
+                "   ResNet50: TAC predict under JAX's default XLA options",
+                _ratio(plain["median"]),
+            )
+        )
     return rows
 
 

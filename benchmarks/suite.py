@@ -40,6 +40,7 @@ MODES = {
         "taps": (1, 8),
         "torch_compile": False,
         "jit_fit_paths": (True,),
+        "resnet_repeats": 3,
     },
     "full": {
         "repeats": 9,
@@ -59,10 +60,17 @@ MODES = {
         "taps": (1, 2, 3, 4, 5, 6, 7, 8),
         "torch_compile": True,
         "jit_fit_paths": (False, True),
+        "resnet_repeats": 5,
     },
 }
 
-FIGURES = ("inference", "jit", "training", "scale", "memory")
+FIGURES = ("inference", "jit", "training", "scale", "memory", "resnet")
+# What each mode runs without `--figures`: ResNet50 costs 2-4 minutes per
+# backend on 2 CPU cores, too much for the short run of CI.
+DEFAULT_FIGURES = {
+    "short": ("inference", "jit", "training", "scale", "memory"),
+    "full": FIGURES,
+}
 
 # The reference's MNIST add-on regularisation and optimiser (batch 64
 # instead of 8, so the learning rate is lower than its 0.1). Its gradient
@@ -83,12 +91,13 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument(
         "--figures",
-        default=",".join(FIGURES),
-        help=f"comma-separated subset of {','.join(FIGURES)}",
+        help=f"comma-separated subset of {','.join(FIGURES)} (default: "
+        "all but resnet in short mode, all in full mode)",
     )
     args = parser.parse_args(argv)
     config = MODES[args.mode]
-    selected = [name for name in args.figures.split(",") if name]
+    figures = args.figures or ",".join(DEFAULT_FIGURES[args.mode])
+    selected = [name for name in figures.split(",") if name]
     for name in selected:
         if name not in FIGURES:
             parser.error(f"unknown figure {name!r}; expected {FIGURES}")
@@ -118,7 +127,8 @@ def main(argv=None):
         _log(f"{name}: {time.perf_counter() - start:.1f} s")
     results["load_average_after"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
-    if set(selected) != set(FIGURES) and os.path.exists(args.output):
+    partial = set(selected) != set(DEFAULT_FIGURES[args.mode])
+    if partial and os.path.exists(args.output):
         # A partial run updates those figures of an earlier full one.
         with open(args.output) as handle:
             earlier = json.load(handle)
@@ -218,6 +228,72 @@ def _with_jax_default_options(base, x, config):
         )
     finally:
         keras_tac.config.set_jax_cpu_inference_fusion(True)
+
+
+# ----------------------------------------------------------------------
+# 6. Inference on ResNet50 (96x96): a typical, larger base
+# ----------------------------------------------------------------------
+RESNET_SAMPLES = 256
+RESNET_BATCH_SIZE = 64
+
+
+def resnet50_base():
+    """`keras.applications.ResNet50` without weights (nothing downloaded),
+    96x96x3 inputs, 10 classes, seeded."""
+    keras.utils.set_random_seed(0)
+    return keras.applications.ResNet50(
+        weights=None, input_shape=(96, 96, 3), classes=10
+    )
+
+
+def resnet_figure(base, data, config):
+    """`TACModel.predict` and `predict_with_rejection` against the base's
+    `predict` on ResNet50 at 96x96, default taps, batch 64, 256 random
+    inputs (timing does not depend on the weights), alternated."""
+    del base, data  # the MNIST model and digits are not used here
+    model = resnet50_base()
+    tac = TACModel(model)
+    x = np.random.default_rng(0).random(
+        (RESNET_SAMPLES, 96, 96, 3), dtype=np.float32
+    )
+    size = RESNET_BATCH_SIZE
+    functions = {
+        "base": lambda: model.predict(x, batch_size=size, verbose=0),
+        "predict": lambda: tac.predict(x, batch_size=size, verbose=0),
+        "rejection": lambda: tac.predict_with_rejection(
+            x, threshold=-1.0, batch_size=size, verbose=0
+        ),
+    }
+    if keras.backend.backend() == "jax":
+        keras_tac.config.set_jax_cpu_inference_fusion(False)
+        try:
+            plain = TACModel(model)
+            functions["predict_jax_default_options"] = lambda: plain.predict(
+                x, batch_size=size, verbose=0
+            )
+            # The first (warm-up) call compiles it under these options.
+            functions["predict_jax_default_options"]()
+        finally:
+            keras_tac.config.set_jax_cpu_inference_fusion(True)
+    repeats = config["resnet_repeats"]
+    times = common.interleaved(functions, repeats)
+    base_flops = common.base_flops(model)
+    result = {
+        "num_samples": RESNET_SAMPLES,
+        "batch_size": size,
+        "repeats": repeats,
+        "tap_layers": tac.tap_layers,
+        "base_ms_per_sample": 1e3 * float(np.median(times["base"])) / len(x),
+        "floor": 1.0 + common.addon_flops(tac) / base_flops,
+        "base_mflops_per_sample": base_flops / 1e6,
+        "seconds_per_call": {
+            name: [float(t) for t in values] for name, values in times.items()
+        },
+    }
+    for name in functions:
+        if name != "base":
+            result[f"{name}_ratio"] = common.paired_ratio(times, name, "base")
+    return result
 
 
 # ----------------------------------------------------------------------

@@ -174,19 +174,26 @@ class TestCalibrationTarget:
             assert fragment in str(error.value)
 
 
+def tac_with_statistics(score, rng):
+    """A TAC model on `make_cnn`; with `score="combined"`, its training
+    statistics fitted on random inputs drawn from `rng`."""
+    tac = keras_tac.TACModel(
+        make_cnn(), tap_layers=["conv_1", "features"], score=score
+    )
+    if score == "combined":
+        tac.fit_statistics(
+            rng.random((40, 8, 8, 1)).astype("float32"),
+            rng.integers(0, 10, 40),
+            verbose=0,
+        )
+    return tac
+
+
 class TestServingAgrees:
     @pytest.mark.parametrize("score", ["distance", "combined"])
     def test_predict_with_rejection_and_serving_outputs(self, score):
-        tac = keras_tac.TACModel(
-            make_cnn(), tap_layers=["conv_1", "features"], score=score
-        )
         rng = np.random.default_rng(0)
-        if score == "combined":
-            tac.fit_statistics(
-                rng.random((40, 8, 8, 1)).astype("float32"),
-                rng.integers(0, 10, 40),
-                verbose=0,
-            )
+        tac = tac_with_statistics(score, rng)
         x = rng.random((12, 8, 8, 1)).astype("float32")
         x[3, 0, 0, 0] = np.nan
         x[7, 2, 2, 0] = -np.inf
@@ -236,3 +243,56 @@ class TestServingAgrees:
         # the finite inputs, or more where confidences tie.
         accepted_at_middle = accept_oracle(confidence, finite, middle)
         assert accepted_at_middle.sum() >= len(ranked) - len(ranked) // 2
+
+
+class TestRejectionOutputs:
+    """`predict_with_rejection` compiles a predict function that returns
+    only what the decision and its result need."""
+
+    def _model(self):
+        rng = np.random.default_rng(1)
+        tac = tac_with_statistics("combined", rng)
+        x = rng.random((21, 8, 8, 1)).astype("float32")
+        x[5, 1, 1, 0] = np.nan
+        return tac, x
+
+    def test_same_values_as_the_full_predict(self):
+        tac, x = self._model()
+        # 21 inputs in batches of 8: the last batch is partial.
+        full = tac.predict(x, batch_size=8, verbose=0)
+        threshold = float(np.nanmedian(full["confidence"]))
+        result = tac.predict_with_rejection(
+            x, threshold=threshold, batch_size=8, verbose=0
+        )
+        assert set(result) == set(rejection.REJECTION_KEYS)
+        for key in rejection.REJECTION_KEYS:
+            if key == "accepted":
+                continue
+            np.testing.assert_array_equal(result[key], full[key], err_msg=key)
+        np.testing.assert_array_equal(
+            result["accepted"],
+            accept_oracle(
+                full["confidence"], full["input_is_finite"], threshold
+            ),
+        )
+
+    def test_only_the_keys_leave_and_predict_is_restored(self):
+        tac, x = self._model()
+        keys = ("confidence", "input_is_finite")
+        subset = tac._predict_outputs(x, keys, batch_size=8, verbose=0)
+        assert sorted(subset) == sorted(keys)
+        full = tac.predict(x, batch_size=8, verbose=0)
+        assert {"profile", "distances", "base_output"} <= set(full)
+        np.testing.assert_array_equal(subset["confidence"], full["confidence"])
+
+    def test_function_kept_between_calls_and_dropped_by_compile(self):
+        tac, x = self._model()
+        tac.predict_with_rejection(x, threshold=0.0, verbose=0)
+        kept = dict(tac.__dict__["_keyed_predict_functions"])
+        tac.predict_with_rejection(x, threshold=1.0, verbose=0)
+        # The same function object: no rebuild (and no retrace) per call.
+        assert tac.__dict__["_keyed_predict_functions"] == kept
+        tac.compile(optimizer="sgd")
+        assert "_keyed_predict_functions" not in tac.__dict__
+        result = tac.predict_with_rejection(x, threshold=0.0, verbose=0)
+        assert result["accepted"].shape == (len(x),)

@@ -224,8 +224,12 @@ def predict_with_rejection(
             )
     else:
         threshold = check_threshold(threshold)
-    outputs = model.predict(x, batch_size=batch_size, verbose=verbose)
-    result = {key: outputs[key] for key in REJECTION_KEYS if key != "accepted"}
+    # Only what the decision and the result need leaves the device.
+    keys = [key for key in REJECTION_KEYS if key != "accepted"]
+    outputs = model._predict_outputs(
+        x, [*keys, "input_is_finite"], batch_size=batch_size, verbose=verbose
+    )
+    result = {key: outputs[key] for key in keys}
     result["accepted"] = ops.convert_to_numpy(
         accept(outputs["confidence"], outputs["input_is_finite"], threshold)
     )

@@ -270,6 +270,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
             )
             outputs["confidence"] = combined["confidence"]
             outputs["confidence_parts"] = combined["parts"]
+        keys = self.__dict__.get("_output_keys")
+        if keys is not None and not training:
+            # Only these leave the compiled function (`_predict_outputs`).
+            outputs = {key: outputs[key] for key in keys}
         return outputs
 
     def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
@@ -288,6 +292,8 @@ class TACModel(FrozenBaseMixin, keras.Model):
                 f"expected metrics=None. Received: metrics={metrics!r}"
             )
         super().compile(optimizer=optimizer, **kwargs)
+        # Keras drops its compiled functions here: so does `_predict_outputs`.
+        self.__dict__.pop("_keyed_predict_functions", None)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -521,6 +527,31 @@ class TACModel(FrozenBaseMixin, keras.Model):
                 steps=steps,
                 callbacks=callbacks,
             )
+
+    def _predict_outputs(self, x, keys, batch_size=None, verbose="auto"):
+        """`predict` returning only the outputs `keys`.
+
+        The compiled predict function then returns (and copies off the
+        device, batch by batch) only those; it is kept beside Keras's own
+        `predict_function` and rebuilt when that one or the settings it was
+        compiled with change.
+        """
+        keys = tuple(keys)
+        own = self.predict_function
+        settings = (own, self.jit_compile, self.run_eagerly)
+        settings += (self.steps_per_execution,)
+        functions = self.__dict__.setdefault("_keyed_predict_functions", {})
+        kept = functions.get(keys)
+        self.predict_function = (
+            kept[1] if kept is not None and kept[0] == settings else None
+        )
+        object.__setattr__(self, "_output_keys", keys)
+        try:
+            return self.predict(x, batch_size=batch_size, verbose=verbose)
+        finally:
+            functions[keys] = (settings, self.predict_function)
+            self.predict_function = own
+            object.__setattr__(self, "_output_keys", None)
 
     def calibrate(
         self,

@@ -415,3 +415,45 @@ def test_kth_largest_counts_ties_as_a_sort(k):
     values[0] = 0.4  # one row of equal values
     expected = np.sort(values, axis=1)[:, -k]
     np.testing.assert_array_equal(to_numpy(kth_largest(values, k)), expected)
+
+
+def test_kth_largest_of_a_row_with_nan_is_minus_inf():
+    from keras_tac.src.layers.combined_confidence import kth_largest
+
+    values = np.random.default_rng(0).random((4, 30)).astype("float32")
+    values[0, 3] = np.nan
+    values[1] = np.nan
+    values[2, 5] = np.inf
+    expected = np.sort(values, axis=1)[:, -3]
+    # The k max-and-remove passes never match a NaN maximum (whatever the
+    # backend's `top_k` does with NaN): such rows read -inf.
+    expected[:2] = -np.inf
+    np.testing.assert_array_equal(to_numpy(kth_largest(values, 3)), expected)
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_knn_distance_same_with_top_k_and_with_passes(monkeypatch, slow):
+    from keras_tac.src import jax_backend
+
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((32, 8)).astype("float32")
+    features[4] = np.nan
+    bank = rng.standard_normal((300, 8)).astype("float32")
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    bank[10] = bank[11]  # tied similarities
+    valid = np.arange(300) < 250
+    monkeypatch.setattr(jax_backend, "top_k_is_slow", lambda: slow)
+    got = to_numpy(layers.knn_distance(features, bank, 10, valid))
+    monkeypatch.setattr(jax_backend, "top_k_is_slow", lambda: not slow)
+    other = to_numpy(layers.knn_distance(features, bank, 10, valid))
+    finite = np.isfinite(features).all(axis=1)
+    # XLA's max does not propagate NaN consistently, so on JAX (which
+    # always takes the passes) a NaN row's value is the passes' own.
+    rows = finite if keras.backend.backend() == "jax" else slice(None)
+    np.testing.assert_array_equal(got[rows], other[rows])
+    # And the definition, by brute force in NumPy (finite rows).
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = np.where(valid, unit @ bank.T, -2.0)
+    kth = np.sort(similarity, axis=1)[:, -10]
+    expected = np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5)

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import jax_backend
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 
@@ -85,13 +86,13 @@ def knn_distance(features, bank, k, valid=None):
 
 def kth_largest(values, k):
     """The `k`-th largest entry of each row of `values` `(batch, n)`, ties
-    counted with their multiplicity (as `sort(values)[:, -k]`).
+    counted with their multiplicity (as `sort(values)[:, -k]`); `-inf` for
+    a row holding NaN.
 
-    `k` passes of max-and-remove instead of a sort: a sort of 4,096
-    similarities costs some 60x more on XLA:CPU, and JAX's `top_k` lowers
-    to a StableHLO composite that TensorFlow 2.21 cannot load from a
-    JAX-exported SavedModel. Each pass removes every entry equal to the row
-    maximum and counts them, so ties are exact.
+    `keras.ops.top_k` where it is fast (TensorFlow, PyTorch); on JAX `k`
+    passes of max-and-remove instead (`keras_tac.jax_backend.top_k_is_slow`
+    says why). Each pass removes every entry equal to the row maximum and
+    counts them, so ties are exact; both give the same values.
 
     Example:
 
@@ -100,6 +101,11 @@ def kth_largest(values, k):
     [0.5]
     """
     values = ops.convert_to_tensor(values)
+    if not jax_backend.top_k_is_slow():
+        kth = ops.top_k(values, k)[0][:, -1]
+        # The passes never find a row maximum that is NaN: -inf, kept so.
+        has_nan = ops.any(ops.isnan(values), axis=-1)
+        return ops.where(has_nan, float("-inf"), ops.cast(kth, "float32"))
     rows = ops.shape(values)[0]
     remaining = ops.full((rows,), float(k))
     answer = ops.full((rows,), float("-inf"))
