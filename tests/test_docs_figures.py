@@ -110,3 +110,32 @@ def test_shown_rounds():
     assert shown(0.962882, "0.963") and shown(0.962882, "0.9629")
     assert not shown(0.962882, "0.962") and not shown(0.5, "0.6")
     assert shown(0.972, "0.972 ± 0.010") and shown(0.9946, "**0.9946**")
+
+
+SERVING_MARKER = re.compile(r"<!-- serving figures: (\S+) -->")
+
+
+@pytest.mark.parametrize("document", ["docs/export.md", "README.md"])
+def test_serving_figures_are_the_recorded_ones(document):
+    # Timings are not reproducible: the quoted tables must be exactly what
+    # `python -m benchmarks.serving` printed for its recorded results.
+    from benchmarks.serving import format_table
+
+    with open(os.path.join(ROOT, document)) as file:
+        text = file.read()
+    backends = SERVING_MARKER.findall(text)
+    if document == "docs/export.md":
+        assert sorted(backends) == ["jax", "tensorflow", "torch"]
+    assert backends, f"{document} quotes no serving figures"
+    for backend in backends:
+        path = os.path.join(
+            ROOT, "benchmarks", "results", f"serving_full_{backend}.json"
+        )
+        with open(path) as file:
+            result = json.load(file)
+        assert result["machine"]["backend"] == backend
+        block = format_table(result)
+        assert f"<!-- serving figures: {backend} -->\n\n{block}\n" in text, (
+            f"{document}: the {backend} serving table is not the one "
+            f"recorded in {path}"
+        )
