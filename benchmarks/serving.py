@@ -64,13 +64,24 @@ def _export(folder):
     return artifact, x
 
 
-def _start(artifact, log):
+def start_server(artifact, log, *options, python_flags=()):
+    """Starts `python -m keras_tac.serve` on `artifact` on a free
+    127.0.0.1 port, its output to the open file `log`, and waits until it
+    is ready. `options` go to the server, `python_flags` to Python.
+
+    Returns:
+        `(process, url)`.
+
+    Raises:
+        RuntimeError: if the server exits or is not ready within 300 s.
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [
             sys.executable,
+            *python_flags,
             "-m",
             "keras_tac.serve",
             "--model",
@@ -79,6 +90,7 @@ def _start(artifact, log):
             NAME,
             "--http-port",
             str(port),
+            *options,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -90,7 +102,10 @@ def _start(artifact, log):
         if process.poll() is not None:
             raise RuntimeError(f"the server exited ({process.returncode})")
         try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+            if (
+                httpx.get(f"{url}/v2/health/ready", timeout=2).status_code
+                == 200
+            ):
                 return process, url
         except httpx.TransportError:
             pass
@@ -153,7 +168,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         artifact, x = _export(folder)
         log = open(os.path.join(folder, "server.log"), "w")
-        process, url = _start(artifact, log)
+        process, url = start_server(artifact, log)
         server = psutil.Process(process.pid)
         try:
             rows = []

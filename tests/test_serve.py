@@ -8,12 +8,9 @@ readiness and talks HTTP to it. Answers are compared with
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import keras
@@ -22,11 +19,12 @@ import psutil
 import pytest
 from conftest import calibrated_tac
 
+from benchmarks.serving import NAME
+from benchmarks.serving import start_server
 from keras_tac.src import serving
 
 BACKEND = keras.backend.backend()
 FORMAT = "onnx" if BACKEND == "torch" else "tf_saved_model"
-NAME = "tac"
 MAX_BODY_BYTES = 200_000
 MAX_BATCH_ROWS = 64
 INTS = ("prediction", "tac_prediction")
@@ -41,57 +39,23 @@ V2_DATATYPES = {
 }
 
 
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(artifact, log_path):
-    port = _free_port()
-    command = [
-        sys.executable,
-        "-X",
-        "importtime",
-        "-m",
-        "keras_tac.serve",
-        "--model",
-        artifact,
-        "--name",
-        NAME,
-        "--http-port",
-        str(port),
-        "--max-body-bytes",
-        str(MAX_BODY_BYTES),
-        "--max-batch-rows",
-        str(MAX_BATCH_ROWS),
-    ]
     log = open(log_path, "w")
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.close()
-            with open(log_path) as file:
-                tail = file.read()[-3000:]
-            pytest.fail(f"the server exited ({process.returncode}):\n{tail}")
-        try:
-            if (
-                httpx.get(f"{url}/v2/health/ready", timeout=2).status_code
-                == 200
-            ):
-                return process, url, log
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    pytest.fail("the server did not become ready within 300 s")
+    try:
+        process, url = start_server(
+            artifact,
+            log,
+            "--max-body-bytes",
+            str(MAX_BODY_BYTES),
+            "--max-batch-rows",
+            str(MAX_BATCH_ROWS),
+            python_flags=("-X", "importtime"),
+        )
+    except RuntimeError as error:
+        log.close()
+        with open(log_path) as file:
+            pytest.fail(f"{error}:\n{file.read()[-3000:]}")
+    return process, url, log
 
 
 @pytest.fixture(scope="module")

@@ -210,10 +210,11 @@ class TACServingModel(kserve.Model):
 
     async def _run(self, name, arrays, threshold):
         for input_name, array in arrays.items():
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                rows = np.flatnonzero(
-                    ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
-                )
+            if array.dtype.kind != "f":
+                continue
+            finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            if not finite.all():
+                rows = np.flatnonzero(~finite)
                 raise _invalid(
                     f"Invalid request: input {input_name!r} holds NaN or "
                     f"infinite values (rows {rows[:10].tolist()}); expected "
