@@ -2,6 +2,7 @@
 and memory probes. Imported after `KERAS_BACKEND` is set."""
 
 import os
+import subprocess
 import threading
 import time
 
@@ -206,3 +207,45 @@ def _backend_version(backend):
 
         return torch.__version__
     return "unknown"
+
+
+def commit_stamp():
+    """The repository's short commit, with `+changes` when `keras_tac/` or
+    `benchmarks/` (results aside) differ from it: what a figure came from."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "keras_tac",
+                "benchmarks",
+                ":(exclude)benchmarks/results",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=root,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def inference_choice(tac):
+    """The XLA fusion set chosen for `tac` on JAX's CPU (e.g.
+    `"DOT+REDUCE"`), or `None`."""
+    from keras_tac.src import jax_backend
+
+    choice = jax_backend.inference_choice(tac)
+    if choice is None:
+        return None
+    kinds = choice[jax_backend.YNN_FUSION_OPTION]
+    return kinds.replace("LIBRARY_FUSION_TYPE_", "").replace(",", "+")

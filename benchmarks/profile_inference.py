@@ -13,10 +13,12 @@ Prints, for the base model and its `TACModel` (default taps and score):
   against what `predict_with_rejection` fetches;
 - on JAX, the compiled pieces timed alone, alternated, per batch: the base,
   the base with its taps as outputs, TAC, TAC returning only the
-  rejection outputs and TAC without the base (on taps given), each under
-  JAX's default XLA options and under keras-tac's
-  (`keras_tac.jax_backend.XLA_CPU_OPTIONS`), and the host time per batch
-  of `predict_with_rejection` around its compiled function;
+  rejection outputs, TAC without the base (on taps given) and TAC as
+  `predict_with_rejection` runs it on a CPU (two programs: the base with
+  its taps, then the head), each under JAX's default XLA options and under
+  each of keras-tac's (`keras_tac.jax_backend.XLA_CPU_OPTION_SETS`; the
+  one chosen for the model is named), and the host time per batch of
+  `predict_with_rejection` around its compiled function;
 - `predict`, `TACModel.predict` and `predict_with_rejection`, alternated.
 
 Medians over `--repeats` alternated calls; the load average is printed,
@@ -118,17 +120,35 @@ def _jax_pieces(base, tac, x, batch_size, repeats):
     given, tap_model = GivenTaps(), tac.tap_model
     given.taps = tac.tap_model(batch)
 
-    def head_on_given_taps(t, n, inputs):
+    def head_on_given_taps(t, n, inputs, taps=None):
         # `TACModel.call` itself, its base pass replaced by the given taps.
+        if taps is not None:
+            given.taps = taps
         object.__setattr__(tac, "_tap_model", given)
         try:
-            return tac.stateless_call(t, n, inputs)
+            outputs = tac.stateless_call(t, n, inputs)[0]
         finally:
             object.__setattr__(tac, "_tap_model", tap_model)
+        return {k: outputs[k] for k in [*keys, "input_is_finite"]}
 
     def rejection_outputs(t, n, inputs):
         outputs = tac.stateless_call(t, n, inputs)[0]
         return {k: outputs[k] for k in [*keys, "input_is_finite"]}
+
+    def two_programs(options):
+        base_part = jax.jit(
+            lambda t, n, inputs: tac.tap_model.stateless_call(t, n, inputs)[0],
+            compiler_options=options,
+        )
+        head_part = jax.jit(
+            lambda t, n, inputs, taps: head_on_given_taps(t, n, inputs, taps),
+            compiler_options=options,
+        )
+        t, n = state(tac.tap_model)
+        tt, tn = state(tac)
+        return lambda: jax.block_until_ready(
+            head_part(tt, tn, batch, base_part(t, n, batch))
+        )
 
     pieces = {
         "base": (base, lambda t, n, inputs: base.stateless_call(t, n, inputs)),
@@ -143,7 +163,13 @@ def _jax_pieces(base, tac, x, batch_size, repeats):
         "TAC, rejection outputs": (tac, rejection_outputs),
         "TAC without the base (taps given)": (tac, head_on_given_taps),
     }
-    options = {"": None, " [keras-tac options]": jax_backend.XLA_CPU_OPTIONS}
+    chosen = jax_backend.inference_choice(tac)
+    options = {"": None}
+    for option_set in jax_backend.XLA_CPU_OPTION_SETS:
+        kinds = option_set[jax_backend.YNN_FUSION_OPTION]
+        kinds = kinds.replace("LIBRARY_FUSION_TYPE_", "").replace(",", "+")
+        mark = ", chosen" if option_set == chosen else ""
+        options[f" [{kinds}{mark}]"] = option_set
     functions = {}
     print("XLA cost analysis per batch (flops, bytes accessed):")
     for label, (model, function) in pieces.items():
@@ -159,11 +185,15 @@ def _jax_pieces(base, tac, x, batch_size, repeats):
             functions[label + suffix] = lambda j=jitted, t=t, n=n: (
                 jax.block_until_ready(j(t, n, batch))
             )
+    for suffix, option in options.items():
+        functions["TAC, two programs" + suffix] = two_programs(option)
     print(f"Compiled pieces alone, batch {batch_size}:")
     _show(common.interleaved(functions, repeats), "base")
     # Host time around the compiled function: the whole call per batch
     # against the compiled TAC program alone on the same batches.
-    step = functions["TAC, rejection outputs [keras-tac options]"]
+    step = functions[
+        "TAC, two programs" + next(k for k in options if "chosen" in k)
+    ]
     sub = x[: 4 * batch_size]
     times = common.interleaved(
         {

@@ -134,6 +134,7 @@ def _rows(result):
             f"{inference.get('tac_ms_per_sample', 0):.3f}",
         )
     )
+    rows.extend(_first_call_rows(inference, "tac", ""))
     plain = inference.get("jax_default_options")
     if plain and "ratio" in plain:
         rows.append(
@@ -253,6 +254,29 @@ def _resnet_rows(resnet):
                 _ratio(plain["median"]),
             )
         )
+    rows.extend(_first_call_rows(resnet, "predict", "ResNet50: "))
+    return rows
+
+
+def _first_call_rows(figure, tac, prefix):
+    """The first calls (compiling; on JAX's CPU choosing the XLA fusions)
+    and the fusions chosen, where recorded."""
+    rows = []
+    first = figure.get("first_call_seconds")
+    if first:
+        rows.append(
+            (
+                f"   {prefix}first call: base / TAC seconds",
+                f"{first['base']:.1f} / {first[tac]:.1f}",
+            )
+        )
+    if figure.get("jax_fusions_chosen"):
+        rows.append(
+            (
+                f"   {prefix}XLA:CPU fusions chosen",
+                figure["jax_fusions_chosen"],
+            )
+        )
     return rows
 
 
@@ -277,6 +301,35 @@ def format_table(results, mode):
     """The table of figures (rows) by backend (columns), in Markdown."""
     if not results:
         return "No results."
+    machine = next(iter(results.values())).get("machine", {})
+    lines = [
+        f"keras-tac benchmark ({mode}) on {machine.get('cpu')} "
+        f"x{machine.get('nproc')}, keras {machine.get('keras')}",
+        "",
+        *table_lines(results),
+    ]
+    curves = _curves(results)
+    if curves:
+        lines += ["", "Scale curves (TAC time per sample):", *curves]
+    return "\n".join(lines)
+
+
+def commits(results):
+    """`{backend: sorted commits its figures were measured at}`."""
+    return {
+        backend: sorted(
+            {
+                figure["commit"]
+                for figure in result.values()
+                if isinstance(figure, dict) and "commit" in figure
+            }
+        )
+        for backend, result in results.items()
+    }
+
+
+def table_lines(results):
+    """The Markdown lines of the table: figures (rows) by backend."""
     backends = list(results)
     per_backend = {b: dict(_rows(results[b])) for b in backends}
     figures = []
@@ -302,19 +355,11 @@ def format_table(results, mode):
             "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
         )
 
-    machine = results[backends[0]].get("machine", {})
-    lines = [
-        f"keras-tac benchmark ({mode}) on {machine.get('cpu')} "
-        f"x{machine.get('nproc')}, keras {machine.get('keras')}",
-        "",
+    return [
         line(header),
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
         *(line(row) for row in body),
     ]
-    curves = _curves(results)
-    if curves:
-        lines += ["", "Scale curves (TAC time per sample):", *curves]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

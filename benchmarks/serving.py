@@ -209,7 +209,7 @@ def main(argv=None):
         "mode": "short" if args.short else "full",
         "seconds_per_step": seconds,
         "machine": common.machine(),
-        "commit": _commit(),
+        "commit": common.commit_stamp(),
         "load_average_before": load_before,
         "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
         "rows": rows,
@@ -246,33 +246,6 @@ def format_table(result):
             f"| {row['p50_over_in_process']:.1f}x |"
         )
     return "\n".join(lines)
-
-
-def _commit():
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "keras_tac",
-                "benchmarks",
-                ":(exclude)benchmarks/results",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def main(argv=None):
         _log(f"{name} ...")
         results[name] = figure(base, data, config)
         results[name]["seconds"] = time.perf_counter() - start
+        results[name]["commit"] = common.commit_stamp()
         _log(f"{name}: {time.perf_counter() - start:.1f} s")
     results["load_average_after"] = os.getloadavg()
     results["seconds"] = time.perf_counter() - started
@@ -182,12 +183,26 @@ def _inference_times(base, tac, x, batch_size, repeats):
             x, threshold=-1.0, batch_size=batch_size, verbose=0
         ),
     }
+    first_call = _first_calls(functions)
     times = common.interleaved(functions, repeats)
     return {
         "base_ms_per_sample": 1e3 * float(np.median(times["base"])) / len(x),
         "tac_ms_per_sample": 1e3 * float(np.median(times["tac"])) / len(x),
         "ratio": common.paired_ratio(times, "tac", "base"),
+        "first_call_seconds": first_call,
+        "jax_fusions_chosen": common.inference_choice(tac),
     }
+
+
+def _first_calls(functions):
+    """Seconds of each function's first call (tracing, compiling and, on
+    JAX's CPU, choosing TAC's XLA fusions), before the timed repeats."""
+    seconds = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        function()
+        seconds[name] = time.perf_counter() - start
+    return seconds
 
 
 def inference_figure(base, data, config):
@@ -264,15 +279,19 @@ def resnet_figure(base, data, config):
             x, threshold=-1.0, batch_size=size, verbose=0
         ),
     }
+    first_call = _first_calls(functions)
     if keras.backend.backend() == "jax":
         keras_tac.config.set_jax_cpu_inference_fusion(False)
         try:
             plain = TACModel(model)
-            functions["predict_jax_default_options"] = lambda: plain.predict(
-                x, batch_size=size, verbose=0
-            )
-            # The first (warm-up) call compiles it under these options.
-            functions["predict_jax_default_options"]()
+            default_options = {
+                "predict_jax_default_options": lambda: plain.predict(
+                    x, batch_size=size, verbose=0
+                )
+            }
+            # The first call compiles it under these options.
+            first_call.update(_first_calls(default_options))
+            functions.update(default_options)
         finally:
             keras_tac.config.set_jax_cpu_inference_fusion(True)
     repeats = config["resnet_repeats"]
@@ -289,6 +308,8 @@ def resnet_figure(base, data, config):
         "seconds_per_call": {
             name: [float(t) for t in values] for name, values in times.items()
         },
+        "first_call_seconds": first_call,
+        "jax_fusions_chosen": common.inference_choice(tac),
     }
     for name in functions:
         if name != "base":

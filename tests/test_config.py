@@ -155,4 +155,4 @@ class TestJaxCpuInferenceFusion:
         from keras_tac.src import jax_backend
 
         keras_tac.config.set_jax_cpu_inference_fusion(False)
-        assert jax_backend.inference_compiler_options() is None
+        assert jax_backend.inference_option_sets() is None

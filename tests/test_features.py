@@ -141,6 +141,25 @@ class TestFeatureExtractor:
         # Calibrated: the combined confidence, not TAC's own score.
         assert not np.allclose(features["confidence"], features["parts"][:, 0])
 
+    def test_pooled_only_gives_the_same_pooled_taps(self, tac, data):
+        # Oracle: the full extractor's pooled taps and base output, and
+        # the pooled taps as a NumPy mean over the tapped tensors.
+        lean = FeatureExtractor.of(tac, pooled_only=True)
+        assert lean is FeatureExtractor.of(tac, pooled_only=True)
+        assert lean is not FeatureExtractor.of(tac)
+        assert lean.num_taps == 3 and not lean.combined
+        got = next(lean.batches(data["x"], NUM_INPUTS, 0))
+        full = next(FeatureExtractor.of(tac).batches(data["x"], NUM_INPUTS, 0))
+        np.testing.assert_allclose(got.base_output, full.base_output, atol=1e-6)
+        for mine, theirs in zip(got.pooled, full.pooled):
+            np.testing.assert_allclose(mine, theirs, atol=1e-6)
+        taps = [to_numpy(t) for t in tac.tap_model(data["x"])[1:]]
+        for mine, tap in zip(got.pooled, taps):
+            axes = tuple(range(1, tap.ndim - 1))
+            expected = tap.mean(axis=axes) if axes else tap
+            np.testing.assert_allclose(mine, expected, rtol=1e-5, atol=1e-6)
+        assert got.profile is None and got.confidence is None
+
     def test_one_batch_larger_than_the_data(self, tac, data):
         batches = list(FeatureExtractor.of(tac).batches(data["x"], 1000, 0))
         assert len(batches) == 1

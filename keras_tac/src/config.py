@@ -57,8 +57,12 @@ def set_feature_cache_memory_budget(num_bytes):
 @keras_tac_export("keras_tac.config.jax_cpu_inference_fusion")
 def jax_cpu_inference_fusion():
     """Whether TAC's inference functions on JAX's CPU backend are compiled
-    with XLA:CPU's YNNPACK fusions for dot, elementwise and reduce
-    operations (see `docs/performance.md`).
+    with XLA:CPU's YNNPACK fusions and TAC's predict step as two programs.
+
+    When on, the first inference call of a model times its program under
+    each of keras-tac's fusion sets (dot, elementwise and reduce; or dot
+    and reduce) on its first batch and keeps the faster: a one-off cost of
+    some six batches. See `docs/performance.md`.
 
     Returns:
         bool. Defaults to `True`.
@@ -70,6 +74,8 @@ def jax_cpu_inference_fusion():
 def set_jax_cpu_inference_fusion(enabled):
     """Turns the YNNPACK fusions of TAC's JAX CPU inference on or off.
 
+    Off, TAC's inference functions compile with JAX's defaults, as one
+    program each, and no fusion set is timed.
     A `--xla_cpu_experimental_ynn_fusion_type` in the `XLA_FLAGS`
     environment variable always wins over this setting. Models already
     compiled keep their functions until `make_predict_function(force=True)`.

@@ -175,7 +175,9 @@ def fit_on_cached_features(
     fit_kwargs = dict(fit_kwargs)
     verbose = fit_kwargs.pop("verbose", "auto")
     batch_size = fit_kwargs.get("batch_size") or 32
-    extractor = FeatureExtractor.of(model)
+    # The cache keeps the pooled taps and the base output: the pass skips
+    # the head.
+    extractor = FeatureExtractor.of(model, pooled_only=True)
     width = _feature_bytes_per_sample(model)
     streamed = is_dataset(x) or is_dataset(validation_data)
     if streamed:

@@ -77,6 +77,10 @@ class FeatureExtractor:
 
     Args:
         tac: a `keras_tac.TACModel`.
+        pooled_only: bool. Only the base output and the pooled taps (what
+            the feature cache keeps): the batches then have no profile,
+            distances or confidence, and the pass skips the head. Defaults
+            to `False`.
 
     Example:
 
@@ -85,7 +89,7 @@ class FeatureExtractor:
     ...     batch.pooled[-1].shape
     """
 
-    def __init__(self, tac):
+    def __init__(self, tac, pooled_only=False):
         source = tac.tap_model
         inputs = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype),
@@ -93,6 +97,16 @@ class FeatureExtractor:
         )
         tapped = source(inputs, training=False)
         base_output, taps = tapped[0], tapped[1:]
+        self.probabilities = bool(tac.base_outputs_probabilities)
+        self.default_score = tac.score
+        self.input_shapes = tac.input_shapes
+        self.num_taps = len(taps)
+        self.combined = tac.confidence_layer is not None and not pooled_only
+        # Weak: the extractors are kept in a weak dictionary keyed by `tac`.
+        self._tac = weakref.ref(tac)
+        if pooled_only:
+            self.model = _PooledTaps(tac)
+            return
         head = tac.head(taps)
         outputs = {
             "base_output": ops.cast(base_output, "float32"),
@@ -115,21 +129,17 @@ class FeatureExtractor:
             outputs["confidence"] = combined["confidence"]
             outputs["parts"] = combined["parts"]
         self.model = keras.Model(inputs, outputs, name="tac_features")
-        self.probabilities = bool(tac.base_outputs_probabilities)
-        self.default_score = tac.score
-        self.input_shapes = tac.input_shapes
-        self.num_taps = len(taps)
-        self.combined = tac.confidence_layer is not None
 
     @classmethod
-    def of(cls, tac):
-        """The extractor of `tac`, built once per model and reused, so that
-        its compiled function is traced once (weights are read at each
-        call, so later training is seen)."""
-        extractor = _EXTRACTORS.get(tac)
+    def of(cls, tac, pooled_only=False):
+        """The extractor of `tac`, built once per model (and `pooled_only`)
+        and reused, so that its compiled function is traced once (weights
+        are read at each call, so later training is seen)."""
+        extractors = _EXTRACTORS.setdefault(tac, {})
+        extractor = extractors.get(pooled_only)
         if extractor is None:
-            extractor = cls(tac)
-            _EXTRACTORS[tac] = extractor
+            extractor = cls(tac, pooled_only)
+            extractors[pooled_only] = extractor
         if extractor.model.jit_compile != tac.jit_compile:
             extractor.model.jit_compile = tac.jit_compile
             extractor.model.predict_function = None
@@ -159,7 +169,11 @@ class FeatureExtractor:
         progbar = None
         if verbose not in (0, False):
             progbar = keras.utils.Progbar(num_inputs, unit_name="input")
-        with jax_backend.inference_compilation():
+        # The XLA options chosen for the TAC model serve here too; this
+        # pass chooses none (the cached fit's would cost more than it saves).
+        with jax_backend.inference_compilation(
+            self.model, choice_of=self._tac() or self.model, may_choose=False
+        ):
             self.model.make_predict_function()
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
@@ -218,9 +232,9 @@ class FeatureExtractor:
             base_output=outputs["base_output"],
             probabilities=self.probabilities,
             pooled=[outputs[f"pooled_{i}"] for i in range(self.num_taps)],
-            profile=outputs["profile"],
-            distances=outputs["distances"],
-            inner_products=outputs["inner_products"],
+            profile=outputs.get("profile"),
+            distances=outputs.get("distances"),
+            inner_products=outputs.get("inner_products"),
             default_score=self.default_score,
             confidence=outputs.get("confidence"),
             parts=outputs.get("parts"),
@@ -229,6 +243,24 @@ class FeatureExtractor:
     def check_inputs(self, x, where):
         """Validates `x` against the base model; returns the input count."""
         return model_inputs.check_inputs(x, self.input_shapes, where)
+
+
+class _PooledTaps(keras.Model):
+    """The base output and the pooled taps of a TAC model, as a model (not
+    Functional: the profile layers' pooling layers share a name)."""
+
+    def __init__(self, tac):
+        super().__init__(name="tac_pooled_taps")
+        self.tap_model = tac.tap_model
+        # Not tracked: only its weight-free pooling layers run here.
+        object.__setattr__(self, "_head", tac.head)
+
+    def call(self, inputs):
+        tapped = self.tap_model(inputs, training=False)
+        outputs = {"base_output": ops.cast(tapped[0], "float32")}
+        for index, tensor in enumerate(self._head.pool(tapped[1:])):
+            outputs[f"pooled_{index}"] = ops.cast(tensor, "float32")
+        return outputs
 
 
 def dataset_elements(data):

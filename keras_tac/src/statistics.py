@@ -30,7 +30,8 @@ def fit_statistics(model, x, y=None, batch_size=None, verbose="auto"):
             extractor_inputs(model, x),
             "fit_statistics",
         )
-    extractor = FeatureExtractor.of(model)
+    # The statistics read the pooled taps and the base output only.
+    extractor = FeatureExtractor.of(model, pooled_only=True)
     batches = extractor.labelled_batches(
         x, y, batch_size or 256, verbose, "fit_statistics"
     )
@@ -39,7 +40,8 @@ def fit_statistics(model, x, y=None, batch_size=None, verbose="auto"):
 
 def extractor_inputs(model, x):
     """The number of samples in arrays `x`, checked against the model."""
-    return FeatureExtractor.of(model).check_inputs(x, "fit_statistics")
+    extractor = FeatureExtractor.of(model, pooled_only=True)
+    return extractor.check_inputs(x, "fit_statistics")
 
 
 def fit_statistics_from_features(model, base_output, pooled, y):

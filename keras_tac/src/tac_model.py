@@ -245,7 +245,15 @@ class TACModel(FrozenBaseMixin, keras.Model):
 
     def call(self, inputs, training=False):
         train_base = bool(training) and self.train_base
-        tapped = self._tap_model(inputs, training=train_base)
+        # On JAX's CPU the predict step is compiled as two programs, the
+        # base with its taps and the rest (`jax_backend.TunedStep`).
+        given = self.__dict__.get(jax_backend.TRACED_TAPS)
+        if given is None or given is jax_backend.TAPS_ONLY:
+            tapped = self._tap_model(inputs, training=train_base)
+            if given is jax_backend.TAPS_ONLY:
+                return list(tapped)
+        else:
+            tapped = given
         if not self.train_base:
             tapped = [ops.stop_gradient(tensor) for tensor in tapped]
         base_output, taps = tapped[0], tapped[1:]
@@ -497,11 +505,11 @@ class TACModel(FrozenBaseMixin, keras.Model):
         return super().evaluate(x, y, **kwargs)
 
     def make_predict_function(self, force=False):
-        with jax_backend.inference_compilation():
+        with jax_backend.inference_compilation(self, split_at_taps=True):
             return super().make_predict_function(force=force)
 
     def make_test_function(self, force=False):
-        with jax_backend.inference_compilation():
+        with jax_backend.inference_compilation(self):
             return super().make_test_function(force=force)
 
     def predict(

@@ -233,6 +233,21 @@ class TACHead(keras.layers.Layer):
         """The class codes, a float32 tensor `(num_classes, M)` of +1/-1."""
         return self.code_matching.codes
 
+    def pool(self, taps):
+        """The taps globally pooled as the profile layers pool them: what
+        the rest of the head reads (rank-2 taps pass through).
+
+        Args:
+            taps: list of tensors, one per profile layer.
+
+        Returns:
+            A list of `(batch, channels)` tensors.
+        """
+        return [
+            tap if len(tap.shape) == 2 else layer.pooling(tap)
+            for layer, tap in zip(self.profile_layers, taps)
+        ]
+
     def call(self, taps):
         taps = list(taps)
         if len(taps) != len(self.profile_layers):
@@ -243,10 +258,7 @@ class TACHead(keras.layers.Layer):
         # Pooled here (the profile layers pass pooled tensors through), so
         # the pooled taps are an output too: the feature cache keeps them,
         # the combined confidence and the scorers read them.
-        pooled = [
-            tap if len(tap.shape) == 2 else layer.pooling(tap)
-            for layer, tap in zip(self.profile_layers, taps)
-        ]
+        pooled = self.pool(taps)
         profile = ops.concatenate(
             [
                 ops.cast(layer(tap), "float32")
