@@ -171,6 +171,15 @@ def _rows(result):
                 f"({ordinary['seconds']:.1f} / {cached['seconds']:.1f} s)",
             )
         )
+        if "cached_over_base_passes" in run:
+            rows.append(
+                (
+                    f"   cached fit / {epochs} base predict passes, batch "
+                    f"{batch_size}",
+                    f"{_ratio(run['cached_over_base_passes'])} "
+                    f"({run['base_passes_seconds']:.1f} s)",
+                )
+            )
         if "speedup_bound" in run:
             rows.append(
                 (
