@@ -139,3 +139,43 @@ def test_serving_figures_are_the_recorded_ones(document):
             f"{document}: the {backend} serving table is not the one "
             f"recorded in {path}"
         )
+
+
+BENCHMARK_MARKER = "<!-- benchmark table: short -->"
+
+
+def test_benchmark_table_is_the_recorded_one():
+    # The README's performance table is `benchmarks.run`'s table of the
+    # recorded short results, line for line, and the paragraph after it
+    # names the commit of every figure in it, and the backends.
+    from benchmarks import run
+
+    results = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        path = os.path.join(
+            ROOT, "benchmarks", "results", f"short_{backend}.json"
+        )
+        with open(path) as file:
+            results[backend] = json.load(file)
+    with open(os.path.join(ROOT, "README.md")) as file:
+        lines = file.read().splitlines()
+    start = lines.index(BENCHMARK_MARKER) + 1
+    while not lines[start].strip():
+        start += 1
+    end = start
+    while lines[end].startswith("|"):
+        end += 1
+    assert lines[start:end] == run.table_lines(results)
+    # The paragraph after the table.
+    while not lines[end].strip():
+        end += 1
+    after = []
+    while end < len(lines) and lines[end].strip():
+        after.append(lines[end])
+        end += 1
+    after = " ".join(after)
+    for backend, backend_commits in run.commits(results).items():
+        assert backend_commits, f"{backend}: no figure records its commit"
+        assert backend in after, (backend, after)
+        for commit in backend_commits:
+            assert f"`{commit}`" in after, (backend, commit, after)
