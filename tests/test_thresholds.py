@@ -456,12 +456,17 @@ class TestCalibrate:
             keras_tac.TACModel(trained_cnn).calibrate(x, verbose=0)
         summary = tac.calibrate(x, y, target_coverage=0.8, verbose=0)
         confidence = tac.predict(x, verbose=0)["confidence"]
-        assert summary["threshold"] == thresholds.coverage_threshold(
-            confidence, 0.8
+        # To the last bit or so: calibrate combines the signals eagerly,
+        # `predict` in its compiled head program (on JAX's CPU, a program
+        # of its own since the predict step is split at the taps).
+        np.testing.assert_allclose(
+            summary["threshold"],
+            thresholds.coverage_threshold(confidence, 0.8),
+            rtol=1e-6,
         )
-        assert summary["coverage"] == np.mean(
-            confidence >= summary["threshold"]
-        )
+        # An input at the threshold may fall either side of that last bit.
+        coverage = np.mean(confidence >= summary["threshold"])
+        assert abs(summary["coverage"] - coverage) <= 1 / len(x)
 
     def test_infeasible_risk_raises(self, digits_tac, digits):
         _, (x, y) = digits
