@@ -245,7 +245,12 @@ def inference_choice(tac):
     from keras_tac.src import jax_backend
 
     choice = jax_backend.inference_choice(tac)
-    if choice is None:
-        return None
-    kinds = choice[jax_backend.YNN_FUSION_OPTION]
+    return None if choice is None else fusion_label(choice)
+
+
+def fusion_label(option_set):
+    """A JAX CPU option set's YNNPACK fusions, e.g. `"DOT+REDUCE"`."""
+    from keras_tac.src import jax_backend
+
+    kinds = option_set[jax_backend.YNN_FUSION_OPTION]
     return kinds.replace("LIBRARY_FUSION_TYPE_", "").replace(",", "+")

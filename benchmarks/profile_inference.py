@@ -166,10 +166,8 @@ def _jax_pieces(base, tac, x, batch_size, repeats):
     chosen = jax_backend.inference_choice(tac)
     options = {"": None}
     for option_set in jax_backend.XLA_CPU_OPTION_SETS:
-        kinds = option_set[jax_backend.YNN_FUSION_OPTION]
-        kinds = kinds.replace("LIBRARY_FUSION_TYPE_", "").replace(",", "+")
         mark = ", chosen" if option_set == chosen else ""
-        options[f" [{kinds}{mark}]"] = option_set
+        options[f" [{common.fusion_label(option_set)}{mark}]"] = option_set
     functions = {}
     print("XLA cost analysis per batch (flops, bytes accessed):")
     for label, (model, function) in pieces.items():
