@@ -48,8 +48,11 @@ deviation over three seeds (base and TAC retrained per seed), and TAC's
 nearest-code accuracy next to the base accuracy.
 
 Run `python examples/architectures.py`, or `--quick` (one seed, fewer
-inputs and epochs: the short run of the test suite, which checks its
-figures against the recorded ones; `--update-figures` records them).
+inputs and epochs: the short run of the test suite). Every run checks per
+family that TAC's accuracy is near the base's and that the default
+confidence does at least as well as max softmax, within margins measured
+over seeds; the quick run fails when it does not. `--update-figures`
+records a full run's figures.
 """
 
 """
@@ -142,8 +145,25 @@ TAC_SCORES = (
     "tac_nearest_distance",
     "tac_inner_product",
 )
-# Quick-mode figures may drift by this much before the check fails.
+# How far a full run on another machine may drift from the recorded
+# figures before the difference is reported (not failed).
 TOLERANCE = 0.03
+# What every run promises per family, as margins below the same run's
+# baseline: TAC's nearest-code accuracy against the base's, and the default
+# confidence's error and OOD AUROC against max softmax's. Each covers the
+# lowest slack measured over seeds 0-4 of the quick run on the three
+# backends (`examples/seed_spread.py`, `examples/results/seed_spread/`).
+# The small-data families get wider margins: on 320 training rows or
+# series, TAC's head is under-trained in the quick run (issue 29).
+MARGINS = {
+    "accuracy": 0.05,
+    "error_auroc": 0.05,
+    "ood_auroc": 0.05,
+}
+FAMILY_MARGINS = {
+    "mlp_breast_cancer": {"error_auroc": 0.15},
+    "conv1d_japanese_vowels": {"accuracy": 0.12},
+}
 
 parser = argparse.ArgumentParser(description="TAC across architectures.")
 parser.add_argument("--quick", action="store_true", help="the short run")
@@ -153,10 +173,10 @@ parser.add_argument(
     "--families",
     nargs="+",
     choices=FAMILIES,
-    help="run only these families (no figure check)",
+    help="run only these families (not recorded)",
 )
 parser.add_argument(
-    "--seeds", nargs="+", type=int, help="these seeds only (no figure check)"
+    "--seeds", nargs="+", type=int, help="these seeds only (not recorded)"
 )
 parser.add_argument(
     "--output",
@@ -739,11 +759,43 @@ with open(
         indent=1,
     )
 
-if not (args.no_check or args.families or args.seeds):
-    figures.record_or_check(
+
+def margin(family, kind):
+    return FAMILY_MARGINS.get(family, {}).get(kind, MARGINS[kind])
+
+
+def promises(summary):
+    checks = []
+    for family in config["families"]:
+        checks.append(
+            figures.at_least(
+                f"{family}: TAC accuracy vs base accuracy",
+                summary[f"{family}/tac_accuracy"],
+                summary[f"{family}/base_accuracy"],
+                margin(family, "accuracy"),
+            )
+        )
+        columns = ["error_auroc"] + [
+            f"ood_auroc/{name}" for name in info[family]["ood"]
+        ]
+        for column in columns:
+            checks.append(
+                figures.at_least(
+                    f"{family}/{column}: tac vs msp",
+                    summary[f"{family}/tac/{column}"],
+                    summary[f"{family}/msp/{column}"],
+                    margin(family, column.split("/")[0]),
+                )
+            )
+    return checks
+
+
+if not args.no_check:
+    figures.check(
         "architectures",
         summary,
+        promises(summary),
         quick=quick,
-        update=args.update_figures,
+        update=args.update_figures and not (args.families or args.seeds),
         tolerances={key: TOLERANCE for key in summary},
     )

@@ -37,8 +37,9 @@ learning-rate step is reached (the recipe's fall at epochs 5, 100 and 150),
 on the 3,200 training digits left after holding out the calibration digits
 (the reference trains on MNIST's 60,000). Pass `--epochs 200` for the
 recipe's length. `--quick` is the short run of the test suite (1 epoch
-each on 160 digits), which checks its figures against those recorded in
-`examples/results/reference_mnist.json`; `--update-figures` records them.
+each on 160 digits: the recipe runs end to end, no figure is checked);
+`--update-figures` records a default run's figures in
+`examples/results/reference_mnist.json`.
 
 Training base and TAC together from a random initialization
 (`recipe.build_tac(base, train_base=True)`, a mode the reference's configs
@@ -85,9 +86,15 @@ HYPERPARAMETERS = {
     "seed": 0,
 }
 QUICK = {"base_epochs": 1, "epochs": 1, "max_samples": 200}
-# Quick-mode figures may drift by this much before the check fails (100
-# test digits: one digit is 0.01).
+# How far a full run on another machine may drift from the recorded
+# figures before the difference is reported (not failed).
 TOLERANCE = 0.05
+# What a run at the default lengths promises: the pretrained base is well
+# above chance (0.1), and TAC's confidence ranks its errors better than
+# chance. The quick run (one epoch on 160 digits) leaves LeNet_TAC at
+# chance, so it checks no figure: it shows the recipe runs end to end.
+MIN_BASE_ACCURACY = 0.3
+MIN_ERROR_AUROC = 0.55
 
 
 def parse_args():
@@ -291,11 +298,23 @@ def main():
     default_length = all(
         config[key] == defaults[key] for key in ("epochs", "base_epochs")
     )
-    if not args.no_check and default_length:
-        figures.record_or_check(
+    if args.quick:
+        print("Quick run: no figure is checked (LeNet_TAC is at chance).")
+    elif not args.no_check and default_length:
+        figures.check(
             "reference_mnist",
             results,
-            quick=args.quick,
+            [
+                figures.at_least(
+                    "base accuracy", results["base accuracy"], MIN_BASE_ACCURACY
+                ),
+                figures.at_least(
+                    "error-detection AUROC, TAC",
+                    results["error-detection AUROC, TAC"],
+                    MIN_ERROR_AUROC,
+                ),
+            ],
+            quick=False,
             update=args.update_figures,
             tolerances=dict.fromkeys(results, TOLERANCE),
         )

@@ -135,3 +135,106 @@ def trained_cnn(trained_cnn_weights):
     model = make_cnn()
     model.set_weights(trained_cnn_weights)
     return model
+
+
+def assert_promises_hold(stdout, at_least):
+    """An example's run printed that all of its promises (at least
+    `at_least` of them, so that an example checking nothing fails) hold
+    against the baselines of the same run (`examples/figures.py`)."""
+    import re
+
+    assert "BROKEN" not in stdout, stdout[-3000:]
+    found = re.search(r"All (\d+) promises hold\.", stdout)
+    assert found, stdout[-3000:]
+    assert int(found.group(1)) >= at_least, found.group(0)
+
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def assert_close_at_scale(actual, desired, terms, err_msg=""):
+    """`actual` equals `desired` up to float32 round-off at the values'
+    scale: `|actual - desired| <= terms * eps32 * max|desired|`.
+
+    `terms` is the number of float32 roundings that can add up along the
+    computation (the fan-ins of the layers on its longest path, plus the
+    reductions after them). Two runs of the same computation on another
+    CPU, batch size or compiler sum in another order (oneDNN and XLA pick
+    kernels per shape and machine, Winograd convolutions among them), so
+    each rounding may differ, relative to the magnitude of the values that
+    are summed, not to each output element: a bound relative to the
+    element (rtol) fails on outputs near zero.
+    """
+    actual = np.asarray(to_numpy(actual), np.float64)
+    desired = np.asarray(to_numpy(desired), np.float64)
+    scale = float(np.abs(desired).max()) if desired.size else 0.0
+    atol = terms * FLOAT32_EPS * max(scale, np.finfo(np.float32).tiny)
+    np.testing.assert_allclose(
+        actual, desired, rtol=0.0, atol=atol, err_msg=err_msg
+    )
+
+
+# The slowest tests of the default run on JAX (the slowest backend), each
+# 4.5 s or more on 2 CPU cores, mostly compiling a model of their own: they
+# run with the slow tests (`pytest -m slow`, in `.ci/run`), so that the
+# README's test command takes minutes. Node ids without parameters mark
+# every parametrization.
+SLOW_IN_DEFAULT_RUN = {
+    "tests/test_batch_transforms.py::TestFit::"
+    "test_fit_with_mixup_on_uint8_trains_on_mixed_batches",
+    "tests/test_disk_cache.py::TestRebuild::test_changed_data[labels]",
+    "tests/test_disk_cache.py::TestRebuild::test_changed_data[fewer]",
+    "tests/test_docstrings.py::test_examples_run"
+    "[keras_tac.src.recipes.augmentation]",
+    "tests/test_docstrings.py::test_examples_run"
+    "[keras_tac.src.recipes.lenet_tac]",
+    "tests/test_docstrings.py::test_examples_run"
+    "[keras_tac.src.recipes.wide_resnet]",
+    "tests/test_evaluation.py::TestCompareScores::test_contract_and_values",
+    "tests/test_evaluation.py::TestCompareScores::"
+    "test_without_fit_data_fitted_scores_are_left_out",
+    "tests/test_examples.py::test_saved_model_loads_and_predicts",
+    "tests/test_export.py::TestExportOptions::"
+    "test_multiple_inputs_and_explicit_threshold",
+    "tests/test_feature_cache.py::TestCachedFeatureTraining::test_jit_compile",
+    "tests/test_feature_cache.py::TestCachedFeatureTraining::"
+    "test_validation_split_on_disk",
+    "tests/test_jax_backend.py::TestInferenceCompilation::"
+    "test_same_outputs_as_default_options",
+    "tests/test_jax_backend.py::TestTunedStep::"
+    "test_small_batches_keep_the_first_option_set",
+    "tests/test_jax_backend.py::TestTunedStep::"
+    "test_predict_runs_the_base_and_the_head_as_two_programs",
+    "tests/test_mixed_precision.py::test_train_and_predict[mixed_bfloat16]",
+    "tests/test_recipes.py::TestReferenceCifar10::test_settings",
+    "tests/test_recipes.py::TestReferenceMnist::"
+    "test_short_fit_with_the_augmentation_applied",
+    "tests/test_recipes.py::TestReferenceRandAugment::"
+    "test_output_range_and_config",
+    "tests/test_rejection.py::TestRejectionOutputs::"
+    "test_function_kept_between_calls_and_dropped_by_compile",
+    "tests/test_scores.py::TestFeaturesAndStatelessScores::"
+    "test_logit_scores_against_numpy",
+    "tests/test_tac_model.py::TestLabels::test_whole_float_labels_match_integers",
+    "tests/test_tac_model.py::TestRegularisers::test_trainable_temperature_trains",
+    "tests/test_tapping.py::TestDefaultTaps::test_resnet50_stage_outputs",
+    "tests/test_tapping.py::TestDefaultTaps::test_transformer_block_outputs",
+    "tests/test_thresholds.py::TestCalibrate::"
+    "test_combined_confidence_is_calibrated_on_the_data",
+    "tests/test_thresholds.py::TestCalibrate::test_target_risk_and_save_load",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    known = set()
+    for item in items:
+        node = item.nodeid
+        for name in (node, node.split("[")[0]):
+            if name in SLOW_IN_DEFAULT_RUN:
+                item.add_marker(pytest.mark.slow)
+                known.add(name)
+    # A renamed test must not leave the default run by accident; only
+    # checked when the whole suite is collected.
+    if len(items) > 500:
+        missing = SLOW_IN_DEFAULT_RUN - known
+        assert not missing, f"SLOW_IN_DEFAULT_RUN names no test: {missing}"

@@ -166,6 +166,12 @@ class TestPGD:
         x, y = data[2][0][:16], data[2][1][:16]
         x_adv = attacks.pgd(model, x, y, target="adaptive", steps=3)
         assert np.abs(x_adv - x).max() <= 0.3
+        # The attack moved the inputs and made the base head wrong where it
+        # was right (an attack that returns its input fails here).
+        assert np.mean(np.abs(x_adv - x) > 0.01) > 0.5
+        clean = np.argmax(cnn.predict(x, verbose=0), axis=1) == y
+        attacked = np.argmax(cnn.predict(x_adv, verbose=0), axis=1) == y
+        assert attacked.sum() < clean.sum() / 2
 
     def test_differentiable_outputs_match_the_model(self, tac, data):
         x = data[2][0][:32]

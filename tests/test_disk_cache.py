@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import Batches
+from conftest import assert_close_at_scale
 from conftest import make_cnn
 
 from keras_tac import TACModel
@@ -44,7 +45,9 @@ def _weights(tac):
 
 
 def _assert_same_weights(a, b):
-    for first, second in zip(_weights(a), _weights(b)):
+    """Head weights of two models (or a list of weights and a model)."""
+    a = a if isinstance(a, list) else _weights(a)
+    for first, second in zip(a, _weights(b)):
         np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
 
 
@@ -92,12 +95,20 @@ def _oracle(x, y, tap_layers=None, base_weights=None):
     return tac
 
 
+@pytest.fixture(scope="module")
+def oracle_weights(digits):
+    """The head weights of `_oracle` on the unchanged data, trained once for
+    the module: what most tests compare a disk-cached fit with."""
+    (x, y), _ = digits
+    return _weights(_oracle(x[:NUM_SAMPLES], y[:NUM_SAMPLES]))
+
+
 class TestReuse:
     def test_fresh_cache_trains_as_memory_and_is_reused(
-        self, data, tmp_path, base_calls, caplog
+        self, data, tmp_path, base_calls, caplog, oracle_weights
     ):
         x, y = data
-        oracle = _oracle(x, y)
+        oracle = oracle_weights
         first = _tac()
         log = _fit(first, x, y, tmp_path, caplog)
         assert MESSAGE_REUSE not in log and MESSAGE_REBUILD not in log
@@ -133,7 +144,9 @@ class TestReuse:
         assert sorted(arrays) == sorted(keys)
         for key, want in zip(keys, expected):
             assert isinstance(arrays[key], np.memmap)
-            np.testing.assert_allclose(arrays[key], want, rtol=1e-5, atol=1e-5)
+            # Float32 round-off of make_cnn's longest path (217 products,
+            # see tests/test_features.py) in another batch size's kernels.
+            assert_close_at_scale(arrays[key], want, terms=512)
 
 
 class TestRebuild:
@@ -186,7 +199,9 @@ class TestRebuild:
         _assert_same_weights(_oracle(x, y, ["conv_2", "features"]), tac)
 
     @pytest.mark.parametrize("damage", ["truncated", "flipped", "manifest"])
-    def test_damaged_cache(self, data, tmp_path, base_calls, caplog, damage):
+    def test_damaged_cache(
+        self, data, tmp_path, base_calls, caplog, damage, oracle_weights
+    ):
         x, y = data
         self._cached(x, y, tmp_path, caplog)
         part = tmp_path / "train"
@@ -204,10 +219,10 @@ class TestRebuild:
         log = _fit(tac, x, y, tmp_path, caplog)
         assert MESSAGE_REBUILD in log
         assert sum(base_calls) >= NUM_SAMPLES
-        _assert_same_weights(_oracle(x, y), tac)
+        _assert_same_weights(oracle_weights, tac)
 
     def test_interrupted_write_is_rebuilt(
-        self, data, tmp_path, monkeypatch, caplog
+        self, data, tmp_path, monkeypatch, caplog, oracle_weights
     ):
         x, y = data
         self._cached(x, y, tmp_path, caplog)
@@ -234,13 +249,15 @@ class TestRebuild:
         tac = _tac()
         log = _fit(tac, x, y, tmp_path, caplog)
         assert MESSAGE_REBUILD in log and "interrupted" in log
-        _assert_same_weights(_oracle(x, y), tac)
+        _assert_same_weights(oracle_weights, tac)
 
 
 class TestStreamedInputs:
-    def test_py_dataset(self, data, tmp_path, base_calls, caplog):
+    def test_py_dataset(
+        self, data, tmp_path, base_calls, caplog, oracle_weights
+    ):
         x, y = data
-        oracle = _oracle(x, y)
+        oracle = oracle_weights
         dataset = Batches(x, y, batch_size=BATCH)
         tac = _tac()
         _fit(tac, dataset, None, tmp_path, caplog, batch_size=None)

@@ -7,6 +7,8 @@ import sys
 
 import keras
 import numpy as np
+import pytest
+from conftest import assert_promises_hold
 
 import keras_tac
 
@@ -26,13 +28,14 @@ def run_example(name, *args):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_mnist_rejection(tmp_path):
     output = os.path.join(tmp_path, "tac.keras")
     stdout = run_example("mnist_rejection.py", "--quick", "--save", output)
     assert "| accuracy on accepted |" in stdout
     assert "| error-detection AUROC, TAC |" in stdout
-    # The example checked its figures against the recorded ones.
-    assert "quick figures within tolerance" in stdout
+    # TAC's promises against this run's baselines (examples/figures.py).
+    assert_promises_hold(stdout, at_least=7)
     tac = keras.saving.load_model(output)
     assert isinstance(tac, keras_tac.TACModel)
     assert tac.threshold is not None
@@ -41,13 +44,15 @@ def test_mnist_rejection(tmp_path):
     assert out["accepted"].shape == (3,)
 
 
+@pytest.mark.slow
 def test_reference_mnist(tmp_path):
     output = os.path.join(tmp_path, "reference_mnist.keras")
     stdout = run_example("reference_mnist.py", "--quick", "--output", output)
     assert "on 160 digits: base pretrained for 1 epochs, then TAC added" in (
         stdout
     )
-    assert "quick figures within tolerance" in stdout
+    # One quick epoch leaves LeNet_TAC at chance: no figure to check.
+    assert "no figure is checked" in stdout
     assert "Shortened:" in stdout
     for figure in (
         "base accuracy",

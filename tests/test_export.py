@@ -167,6 +167,7 @@ class ServedResults:
         yield
 
 
+@pytest.mark.slow  # the serving subprocess
 class TestServingProcess(ServedResults):
     def test_serving_process_never_imported_keras(self, served):
         assert served["report"]["keras_modules"] == []
@@ -218,6 +219,7 @@ class TestServingProcess(ServedResults):
 
 
 @pytest.mark.skipif(FORMAT != "tf_saved_model", reason=NO_SAVED_MODEL)
+@pytest.mark.slow  # saved_model_cli subprocesses
 class TestSavedModelCli(ServedResults):
     def saved_model_cli(self, *args):
         cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

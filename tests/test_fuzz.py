@@ -648,10 +648,18 @@ class TestPredictAndCalibrate:
         one_class = np.full(6, 3)
         summary = model.calibrate(x, one_class, target_tpr=0.5, verbose=0)
         assert summary["accuracy"] == pytest.approx(np.mean(predicted == 3))
-        # Identical inputs tie: all accepted together.
+        # Identical inputs: their confidences need not be bit-identical
+        # (a CPU's kernels may round rows of one batch differently), so
+        # the promise is on confidences, not inputs: the coverage is what
+        # the threshold accepts of the confidences that `predict` gives,
+        # at least the target, and equal confidences are accepted together
+        # (tests/test_thresholds.py tests ties on exact values).
         same = np.repeat(x[:1], 6, axis=0)
         summary = model.calibrate(same, target_coverage=0.5, verbose=0)
-        assert summary["coverage"] == 1.0
+        confidence = model.predict_with_rejection(same, verbose=0)["confidence"]
+        accepted = confidence >= summary["threshold"]
+        assert summary["coverage"] == accepted.mean() >= 0.5
+        assert set(confidence[accepted]).isdisjoint(confidence[~accepted])
         # Non-finite inputs count in the coverage but are never accepted.
         some_nan = x.copy()
         some_nan[:3] = np.nan

@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "minimal_install_check.py")
 
 
+@pytest.mark.slow  # a subprocess with TensorFlow blocked
 def test_core_works_without_tensorflow():
     # TensorFlow itself needs TensorFlow: under its backend the check runs
     # on JAX.

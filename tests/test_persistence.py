@@ -160,6 +160,7 @@ def assert_same_model(got, expected, num_real, where):
     )
 
 
+@pytest.mark.slow  # two subprocesses, one per other backend
 class TestAcrossBackends:
     def test_save_load_and_parity_on_every_backend(self, tac, digits, tmp_path):
         backend = keras.backend.backend()
@@ -330,6 +331,7 @@ class TestDeterminism:
         for key, value in expected.items():
             np.testing.assert_array_equal(got[key], value, key)
 
+    @pytest.mark.slow  # two joint trainings
     def test_same_seeds_same_training(self, digits):
         """Joint training with random slices, code noise and mixup, twice
         from the same seeds: the same weights, bit for bit."""

@@ -23,6 +23,9 @@ from benchmarks.serving import NAME
 from benchmarks.serving import start_server
 from keras_tac.src import serving
 
+# A server subprocess on an exported model.
+pytestmark = pytest.mark.slow
+
 BACKEND = keras.backend.backend()
 FORMAT = "onnx" if BACKEND == "torch" else "tf_saved_model"
 MAX_BODY_BYTES = 200_000

@@ -394,6 +394,19 @@ class TestCalibrate:
         summary = digits_tac.calibrate(x, target_tpr=0.95, verbose=0)
         assert summary["tpr"] >= 0.95 and summary["coverage"] >= 0.95
         assert digits_tac.threshold == summary["threshold"]
+        # Oracle: the NumPy threshold on the confidences `predict` gives,
+        # and by brute force the largest confidence accepting >= 95%.
+        confidence = digits_tac.predict_with_rejection(x, verbose=0)[
+            "confidence"
+        ]
+        assert summary["threshold"] == thresholds.tpr_threshold(
+            confidence, 0.95
+        )
+        candidates = [
+            c for c in np.unique(confidence) if np.mean(confidence >= c) >= 0.95
+        ]
+        assert summary["threshold"] == max(candidates)
+        assert summary["tpr"] == np.mean(confidence >= max(candidates))
 
     def test_target_risk_and_save_load(self, trained_cnn, digits, tmp_path):
         # A TAC trained for one epoch, so that its confidence ranks errors;
