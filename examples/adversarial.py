@@ -123,14 +123,18 @@ MARGINS = {
     # The default confidence tells attacked from clean digits at least as
     # well as max softmax.
     "AUROC": 0.05,
-    # Attacks on the base or on TAC's prediction alone are rejected.
+    # Attacks on the base or on TAC's prediction alone are rejected (three
+    # of 64 digits; none was accepted in any run).
     "accepted": 0.05,
+    "accuracy drop": 0.05,
+    "adaptive gain": 0.11,
 }
-# The attacks work: they take at least this much base accuracy away.
-MIN_ACCURACY_DROP = 0.25
-# The adaptive attack gets at least this much more accepted than the attack
-# on the base: an evaluation whose attack fools nothing proves nothing.
-MIN_ADAPTIVE_GAIN = 0.1
+# The attacks work: they take this much base accuracy away, less the margin.
+MIN_ACCURACY_DROP = 0.3
+# The adaptive attack gets this much more accepted than the attack on the
+# base, less the margin: an evaluation whose attack fools nothing proves
+# nothing.
+MIN_ADAPTIVE_GAIN = 0.25
 
 
 def parse_args():
@@ -515,6 +519,7 @@ def promises(config, results):
                         f"{key}/{target}: base accuracy drop",
                         clean - results[f"{key}/{target}/base accuracy"],
                         MIN_ACCURACY_DROP,
+                        MARGINS["accuracy drop"],
                     ),
                     figures.at_least(
                         f"{key}/{target}: AUROC tac vs msp",
@@ -539,6 +544,7 @@ def promises(config, results):
                         results[f"{key}/adaptive/accepted"]
                         - results[f"{key}/base/accepted"],
                         MIN_ADAPTIVE_GAIN,
+                        MARGINS["adaptive gain"],
                     )
                 )
     return checks

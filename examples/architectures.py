@@ -150,19 +150,32 @@ TAC_SCORES = (
 TOLERANCE = 0.03
 # What every run promises per family, as margins below the same run's
 # baseline: TAC's nearest-code accuracy against the base's, and the default
-# confidence's error and OOD AUROC against max softmax's. Each covers the
-# lowest slack measured over seeds 0-4 of the quick run on the three
-# backends (`examples/seed_spread.py`, `examples/results/seed_spread/`).
-# The small-data families get wider margins: on 320 training rows or
-# series, TAC's head is under-trained in the quick run (issue 29).
+# confidence's error and OOD AUROC against max softmax's. Margins follow
+# the rule of examples/figures.py on seeds 0-2 of the quick run on the
+# three backends (`examples/seed_spread.py`,
+# `examples/results/seed_spread/`): the defaults where they cover it, wider
+# per family where the spread is wider. The small-data families are the
+# widest: on 320 training rows or series TAC's head is under-trained in the
+# quick run (issue 29).
 MARGINS = {
     "accuracy": 0.05,
     "error_auroc": 0.05,
     "ood_auroc": 0.05,
 }
 FAMILY_MARGINS = {
+    "resnet_mnist": {"accuracy": 0.11},
+    "vit_mnist": {"error_auroc": 0.07},
     "mlp_breast_cancer": {"error_auroc": 0.15},
-    "conv1d_japanese_vowels": {"accuracy": 0.12},
+    "mlp_digits": {"error_auroc": 0.08},
+    "conv1d_japanese_vowels": {"accuracy": 0.16, "error_auroc": 0.08},
+    "text_cnn_sms_spam": {"error_auroc": 0.07, "ood_auroc": 0.06},
+}
+# Figures of the quick run that promise nothing, and why.
+NO_PROMISE = {
+    # The quick text CNN answers the majority class (base accuracy = the
+    # share of ham messages), so both scores tell docstrings from SMS at
+    # chance (0.44-0.61 over seeds).
+    "text_cnn_sms_spam/ood_auroc/docstrings": "both scores at chance",
 }
 
 parser = argparse.ArgumentParser(description="TAC across architectures.")
@@ -779,6 +792,8 @@ def promises(summary):
             f"ood_auroc/{name}" for name in info[family]["ood"]
         ]
         for column in columns:
+            if quick and f"{family}/{column}" in NO_PROMISE:
+                continue
             checks.append(
                 figures.at_least(
                     f"{family}/{column}: tac vs msp",

@@ -6,15 +6,20 @@ on the safe side of its baseline, before the margin) and records the
 lowest, mean and standard deviation per promise in
 `examples/results/seed_spread/EXAMPLE.BACKEND.json`, beside the margin
 the example uses.
-The margins in the examples are chosen from these records: each covers the
-lowest slack measured on every backend.
+The margins in the examples are chosen from these records by the rule in
+`examples/figures.py`; `--summary` prints, per promise, what the rule gives
+from the records of every backend (the margin recorded beside each run is
+the one the example used then).
 
     KERAS_BACKEND=jax python examples/seed_spread.py mnist_rejection \\
         --seeds 0 1 2 3 4
+    python examples/seed_spread.py mnist_rejection --summary
 """
 
 import argparse
+import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -61,11 +66,40 @@ def run_once(example, seed, backend):
             return json.load(file)
 
 
+def rule_margin(label, records):
+    """The margin the rule of `examples/figures.py` gives for one promise
+    from its records on every backend."""
+    if "ood_auroc" in label or "OOD AUROC" in label:
+        lowest = min(min(r["slack"]) for r in records)
+        return math.ceil(100 * (max(0.0, -lowest) + 0.05)) / 100
+    lowest = min(r["mean"] - 3 * r["std"] for r in records)
+    return math.ceil(100 * max(0.0, -lowest)) / 100
+
+
+def summary(example):
+    records = {}
+    for path in sorted(glob.glob(os.path.join(RESULTS, f"{example}.*.json"))):
+        backend = os.path.basename(path).split(".")[1]
+        with open(path, encoding="utf-8") as file:
+            records[backend] = json.load(file)["promises"]
+    labels = next(iter(records.values()))
+    print(f"{example}: margins by the rule, from {', '.join(records)}")
+    for label in labels:
+        per_backend = [r[label] for r in records.values() if label in r]
+        print(f"  {rule_margin(label, per_backend):.2f}  {label}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("example", choices=sorted(SEED_FLAG))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--summary", action="store_true", help="the rule's margins only"
+    )
     args = parser.parse_args()
+    if args.summary:
+        summary(args.example)
+        return
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     runs = []
     for seed in args.seeds:
