@@ -54,11 +54,14 @@ class TACModel(FrozenBaseMixin, keras.Model):
     jointly (BatchNorm in training mode), adding the base head's
     cross-entropy to the objective.
 
-    The confidence (`score=`, higher is more confident; see
-    `keras_tac.layers.class_scores`) is by default the negative distance of
-    the profile to the code of the predicted class, which stays low for
-    garbage inputs, whose profiles land far from every code. Inputs holding
-    NaN or infinite values are never accepted, whatever the score.
+    The confidence (`score=`, higher is more confident) is by default
+    keras-tac's combined confidence (`keras_tac.layers.CombinedConfidence`):
+    the profile's distance to the predicted class's code, the base's log
+    max softmax and the kNN distance to the training data, each
+    standardised on the data given to `calibrate`, with a gate for inputs
+    more novel than the training data. TAC's own scores (see
+    `keras_tac.layers.class_scores`) need no statistics. Inputs holding NaN
+    or infinite values are never accepted, whatever the score.
 
     The model's outputs (`predict`, `__call__`) are a dict with
     `"base_output"` (the base head), `"profile"`, `"distances"`,
@@ -76,21 +79,21 @@ class TACModel(FrozenBaseMixin, keras.Model):
             `keras_tac.tapping.default_tap_layers`). Defaults to `None`.
         num_slices, projection, slicing, reduction, temperature,
             trainable_temperature: the `TACHead`'s arguments (defaults `16`,
-            `"small"`, `"uniform"`, `"mean"`, `10.0`, `False`).
+            `"large"`, `"uniform"`, `"mean"`, `10.0`, `False`).
         train_base: bool. Train the base model jointly. Defaults to `False`.
         seed: int in `[0, 2**31 - 1]`. Seed of codes, random slices,
             initializers and regularisers, the same on every backend.
             Defaults to `0`.
-        score: str. The confidence score: `"distance"`,
-            `"nearest_distance"` or `"inner_product"`. Defaults to
-            `"distance"`.
+        score: str. The confidence score: `"combined"`, or TAC's own
+            `"distance"`, `"nearest_distance"` or `"inner_product"`.
+            Defaults to `"combined"`.
         cross_entropy_weight, regression_weight, code_noise: the `TACLoss`'s
             arguments (defaults `1.0`, `10.0`, `0.0`).
         base_loss_weight: float. Weight of the base head's cross-entropy in
             joint training. Defaults to `1.0`.
         mixup_alpha: float. Mixup with one `Beta(alpha, alpha)` weight per
             sample during training when positive (the reference uses 0.2 on
-            CIFAR-10; see `keras_tac.src.mixup`). Defaults to `0`.
+            CIFAR-10; see `keras_tac.src.batch_transforms`). Defaults to `0`.
         base_output: str. `"logits"`, `"probabilities"`, or `"auto"` (a
             softmax at the end of the base, nested sub-models included,
             means probabilities). Defaults to `"auto"`.
