@@ -129,9 +129,9 @@ def _dump(name, figures, promises):
                 "example": name,
                 "stamp": stamp(),
                 "figures": figures,
-                "promises": {p.label: p._asdict() for p in promises},
-                "slack": {p.label: p.slack for p in promises},
-                "margin": {p.label: p.margin for p in promises},
+                "promises": {
+                    p.label: dict(p._asdict(), slack=p.slack) for p in promises
+                },
             },
             file,
             indent=1,

@@ -105,17 +105,17 @@ def main():
     for seed in args.seeds:
         runs.append(run_once(args.example, seed, backend))
         print(f"seed {seed}: done", flush=True)
-    labels = list(runs[0]["slack"])
     spread = {}
-    for label in labels:
-        slack = np.array([run["slack"][label] for run in runs])
+    for label, first in runs[0]["promises"].items():
+        promise = [run["promises"][label] for run in runs]
+        slack = np.array([p["slack"] for p in promise])
         spread[label] = {
-            "values": [run["promises"][label]["value"] for run in runs],
+            "values": [p["value"] for p in promise],
             "slack": [round(float(v), 4) for v in slack],
             "min": round(float(slack.min()), 4),
             "mean": round(float(slack.mean()), 4),
             "std": round(float(slack.std(ddof=1)), 4) if len(slack) > 1 else 0,
-            "margin": runs[0]["margin"][label],
+            "margin": first["margin"],
         }
         flag = "" if slack.min() >= -spread[label]["margin"] else "  <- below"
         print(
