@@ -246,12 +246,6 @@ SLOW_IN_DEFAULT_RUN = {
     "tests/test_feature_cache.py::TestCachedFeatureTraining::test_jit_compile",
     "tests/test_feature_cache.py::TestCachedFeatureTraining::"
     "test_validation_split_on_disk",
-    "tests/test_jax_backend.py::TestInferenceCompilation::"
-    "test_same_outputs_as_default_options",
-    "tests/test_jax_backend.py::TestTunedStep::"
-    "test_small_batches_keep_the_first_option_set",
-    "tests/test_jax_backend.py::TestTunedStep::"
-    "test_predict_runs_the_base_and_the_head_as_two_programs",
     "tests/test_recipes.py::TestReferenceCifar10::test_settings",
     "tests/test_recipes.py::TestReferenceMnist::"
     "test_short_fit_with_the_augmentation_applied",

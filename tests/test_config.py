@@ -140,19 +140,13 @@ class TestJaxCpuInferenceFusion:
         )
 
     @pytest.mark.parametrize("value", [False, True])
-    def test_round_trip(self, value):
-        keras_tac.config.set_jax_cpu_inference_fusion(value)
+    def test_deprecated_round_trip(self, value):
+        # Deprecated in 0.3: it warns, keeps the value and changes nothing.
+        with pytest.warns(DeprecationWarning, match="no effect"):
+            keras_tac.config.set_jax_cpu_inference_fusion(value)
         assert keras_tac.config.jax_cpu_inference_fusion() is value
 
     @pytest.mark.parametrize("value", [0, 1, "yes", None, np.bool_(True)])
     def test_bad_values(self, value):
-        keras_tac.config.set_jax_cpu_inference_fusion(False)
         with pytest.raises(ValueError, match="Invalid `enabled`"):
             keras_tac.config.set_jax_cpu_inference_fusion(value)
-        assert keras_tac.config.jax_cpu_inference_fusion() is False
-
-    def test_off_means_no_compiler_options(self):
-        from keras_tac.src import jax_backend
-
-        keras_tac.config.set_jax_cpu_inference_fusion(False)
-        assert jax_backend.inference_option_sets() is None

@@ -141,10 +141,11 @@ class TestFeatureBatch:
 class TestFeatureExtractor:
     def test_built_once_per_model(self, tac):
         extractor = FeatureExtractor.of(tac)
-        assert FeatureExtractor.of(tac) is extractor
+        # One graph model (and so one compiled function) per model.
+        assert FeatureExtractor.of(tac).model is extractor.model
         assert extractor.num_taps == 3 and extractor.combined
         other = keras_tac.TACModel(make_cnn(seed=1), seed=2, score="distance")
-        assert FeatureExtractor.of(other) is not extractor
+        assert FeatureExtractor.of(other).model is not extractor.model
         assert not FeatureExtractor.of(other).combined
 
     def test_batches_match_predict_and_numpy(self, tac, data):
@@ -162,8 +163,8 @@ class TestFeatureExtractor:
         # Oracle: the full extractor's pooled taps and base output, and
         # the pooled taps as a NumPy mean over the tapped tensors.
         lean = FeatureExtractor.of(tac, pooled_only=True)
-        assert lean is FeatureExtractor.of(tac, pooled_only=True)
-        assert lean is not FeatureExtractor.of(tac)
+        assert lean.model is FeatureExtractor.of(tac, pooled_only=True).model
+        assert lean.model is not FeatureExtractor.of(tac).model
         assert lean.num_taps == 3 and not lean.combined
         got = next(lean.batches(data["x"], NUM_INPUTS, 0))
         full = next(FeatureExtractor.of(tac).batches(data["x"], NUM_INPUTS, 0))

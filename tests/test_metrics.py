@@ -476,6 +476,19 @@ class TestValue:
         with pytest.raises(ValueError, match="threshold"):
             metrics.rejection_value([1, 2], [1, 0], threshold="high")
 
+    def test_check_costs(self):
+        # One check for the metrics and `compare_scores`.
+        from keras_tac.src.metrics import check_costs
+
+        check_costs(-2.0, 0, np.float32(0.5))
+        for bad, name in (
+            ((1.0, 1.0, -0.5), "rejection_cost"),
+            ((float("nan"), 1.0, 0.0), "reward"),
+            ((1.0, True, 0.0), "error_cost"),
+        ):
+            with pytest.raises(ValueError, match=f"Invalid `{name}`"):
+                check_costs(*bad)
+
 
 class TestOOD:
     def test_against_sklearn(self):

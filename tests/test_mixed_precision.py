@@ -7,6 +7,125 @@ import pytest
 from conftest import make_cnn
 
 import keras_tac
+from keras_tac import layers
+
+F16, F32, I32 = "float16", "float32", "int32"
+CODES = [[1, 1, -1, -1], [1, -1, 1, -1], [-1, 1, 1, 1]]
+
+
+def _normal(*shape):
+    return np.random.default_rng(0).normal(size=shape).astype("float32")
+
+
+def _matching_outputs(layer, profile):
+    return {
+        "distances": layer(profile),
+        "inner_products": layer.inner_products(profile),
+        "nearest_codes": layer.nearest_codes(profile),
+    }
+
+
+# Each layer under "mixed_float16": how to make it, its inputs (positional,
+# keyword), how to get its outputs, and their dtypes, written out here so
+# that the same expectation runs on every backend.
+MIXED_FLOAT16_CASES = {
+    "TapPooling": (
+        lambda **kw: layers.TapPooling(**kw),
+        lambda: ((_normal(2, 3, 3, 8),), {}),
+        None,
+        F16,
+    ),
+    "TapProjection": (
+        lambda **kw: layers.TapProjection("2x_large", num_slices=4, **kw),
+        lambda: ((_normal(2, 8),), {}),
+        None,
+        F16,
+    ),
+    "SliceReduce": (
+        lambda **kw: layers.SliceReduce(4, reduction="median", **kw),
+        lambda: ((_normal(2, 10),), {}),
+        None,
+        F16,
+    ),
+    "ActivationProfile": (
+        lambda **kw: layers.ActivationProfile(num_slices=4, **kw),
+        lambda: ((_normal(2, 3, 3, 8),), {}),
+        None,
+        F16,
+    ),
+    "CodeMatching": (
+        lambda **kw: layers.CodeMatching(CODES, **kw),
+        lambda: ((_normal(2, 4),), {}),
+        _matching_outputs,
+        {"distances": F32, "inner_products": F32, "nearest_codes": I32},
+    ),
+    "TACHead": (
+        lambda **kw: layers.TACHead(num_classes=3, num_slices=4, **kw),
+        lambda: (([_normal(2, 5, 5, 8), _normal(2, 16)],), {}),
+        None,
+        {
+            "pooled": [F16, F16],
+            "profile": F32,
+            "distances": F32,
+            "scores": F32,
+            "tac_prediction": I32,
+            "tac_confidence": F32,
+        },
+    ),
+    "CombinedConfidence": (
+        lambda **kw: layers.CombinedConfidence(
+            num_classes=3, tap_widths=[4, 5], bank_size=8, k=2, **kw
+        ),
+        lambda: (
+            (_normal(2, 3), [_normal(2, 4), _normal(2, 5)], _normal(2)),
+            {},
+        ),
+        None,
+        {"confidence": F32, "parts": F32},
+    ),
+}
+
+
+def _dtypes(outputs):
+    return keras.tree.map_structure(
+        lambda x: keras.backend.standardize_dtype(x.dtype), outputs
+    )
+
+
+def _symbolic(structure, dtype):
+    return keras.tree.map_structure(
+        lambda x: keras.KerasTensor(x.shape, dtype), structure
+    )
+
+
+@pytest.mark.parametrize("how", ["layer_dtype", "global_policy"])
+@pytest.mark.parametrize("name", sorted(MIXED_FLOAT16_CASES))
+def test_mixed_float16_output_dtypes_are_the_same_on_every_backend(name, how):
+    """Eager, symbolic (float32 or float16 inputs) and `compute_output_spec`
+    outputs have the dtypes written in `MIXED_FLOAT16_CASES`, on every
+    backend (Keras's own mixed precision check does not run on PyTorch
+    without CUDA), and the float weights stay float32."""
+    make, make_inputs, apply, expected = MIXED_FLOAT16_CASES[name]
+    apply = apply or (lambda layer, *args, **kwargs: layer(*args, **kwargs))
+    args, kwargs = make_inputs()
+    if how == "layer_dtype":
+        layer = make(dtype="mixed_float16")
+    else:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            layer = make()
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    assert _dtypes(apply(layer, *args, **kwargs)) == expected, "eager"
+    for dtype in (F32, F16):
+        outputs = apply(layer, *_symbolic(args, dtype), **kwargs)
+        assert _dtypes(outputs) == expected, f"symbolic, {dtype} inputs"
+    spec = layer.compute_output_spec(*_symbolic(args, F16), **kwargs)
+    if apply is _matching_outputs:
+        expected = expected["distances"]  # What `call` returns.
+    assert _dtypes(spec) == expected, "compute_output_spec"
+    for weight in layer.weights:
+        assert keras.backend.standardize_dtype(weight.dtype) in (F32, I32)
 
 
 @pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])

@@ -276,23 +276,27 @@ class TestRejectionOutputs:
             ),
         )
 
-    def test_only_the_keys_leave_and_predict_is_restored(self):
+    def test_only_the_keys_leave(self):
         tac, x = self._model()
         keys = ("confidence", "input_is_finite")
-        subset = tac._predict_outputs(x, keys, batch_size=8, verbose=0)
+        subset = rejection.predict_outputs(tac, x, keys, batch_size=8)
         assert sorted(subset) == sorted(keys)
         full = tac.predict(x, batch_size=8, verbose=0)
         assert {"profile", "distances", "base_output"} <= set(full)
         np.testing.assert_array_equal(subset["confidence"], full["confidence"])
 
-    def test_function_kept_between_calls_and_dropped_by_compile(self):
+    def test_graph_model_kept_between_calls(self):
+        from keras_tac.src import feature_graph
+
         tac, x = self._model()
         tac.predict_with_rejection(x, threshold=0.0, verbose=0)
-        kept = dict(tac.__dict__["_keyed_predict_functions"])
+        keys = [k for k in rejection.REJECTION_KEYS if k != "accepted"]
+        graph = feature_graph.graph_model(tac, [*keys, "input_is_finite"])
+        function = graph.predict_function
+        assert function is not None
         tac.predict_with_rejection(x, threshold=1.0, verbose=0)
-        # The same function object: no rebuild (and no retrace) per call.
-        assert tac.__dict__["_keyed_predict_functions"] == kept
-        tac.compile(optimizer="sgd")
-        assert "_keyed_predict_functions" not in tac.__dict__
+        # The same compiled function: no rebuild (and no retrace) per call.
+        assert graph.predict_function is function
+        tac.compile(optimizer="sgd", jit_compile=False)
         result = tac.predict_with_rejection(x, threshold=0.0, verbose=0)
         assert result["accepted"].shape == (len(x),)

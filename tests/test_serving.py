@@ -1,6 +1,7 @@
 """`keras_tac.serving` (TF Serving's REST bodies) on toy signatures: no
-model, no Keras. The exported model behind a real server is
-tests/test_serve.py."""
+model, no Keras; and the model server's NumPy accept rule, tested equal
+to `keras_tac.rejection.accept`. The exported model behind a real server
+is tests/test_serve.py."""
 
 import json
 import subprocess
@@ -151,3 +152,35 @@ def test_imports_without_keras():
     )
     assert process.returncode == 0, process.stderr
     assert json.loads(process.stdout) == {"outputs": [1.0]}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_server_accept_rule_is_rejection_accept(seed):
+    # The server imports no Keras: its rule is NumPy, and equal to the one
+    # `TACModel.predict_with_rejection` and the exports call.
+    from keras import ops
+
+    from keras_tac.src import model_server
+    from keras_tac.src import rejection
+
+    rng = np.random.default_rng(seed)
+    rows = 400
+    threshold = float(rng.normal())
+    confidence = rng.normal(size=rows)
+    # Values that equal the threshold only once rounded to float32, and
+    # non-finite ones.
+    near = np.float32(threshold) + rng.choice([-1e-9, 0.0, 1e-9], size=rows)
+    confidence = np.where(rng.random(rows) < 0.3, near, confidence)
+    special = rng.choice([np.nan, np.inf, -np.inf], size=rows)
+    confidence = np.where(rng.random(rows) < 0.1, special, confidence)
+    finite = rng.random(rows) < 0.9
+    per_row = rng.normal(size=rows).astype("float32")
+    for t in (threshold, np.inf, -np.inf, per_row):
+        for input_is_finite in (finite, True):
+            want = ops.convert_to_numpy(
+                rejection.accept(
+                    confidence, np.broadcast_to(input_is_finite, rows), t
+                )
+            )
+            got = model_server.accept(confidence, input_is_finite, t)
+            np.testing.assert_array_equal(got, want)

@@ -2,6 +2,7 @@
 (as `keras.config`), never by assigning module attributes."""
 
 import math
+import warnings
 
 import numpy as np
 
@@ -56,13 +57,14 @@ def set_feature_cache_memory_budget(num_bytes):
 
 @keras_tac_export("keras_tac.config.jax_cpu_inference_fusion")
 def jax_cpu_inference_fusion():
-    """Whether TAC's inference functions on JAX's CPU backend are compiled
-    with XLA:CPU's YNNPACK fusions and TAC's predict step as two programs.
+    """Deprecated, no effect: the value last given to
+    `set_jax_cpu_inference_fusion`.
 
-    When on, the first inference call of a model times its program under
-    each of keras-tac's fusion sets (dot, elementwise and reduce; or dot
-    and reduce) on its first batch and keeps the faster: a one-off cost of
-    some six batches. See `docs/performance.md`.
+    keras-tac 0.2 compiled TAC's inference on JAX's CPU with XLA:CPU
+    fusion options it chose by timing, by replacing a piece of Keras's JAX
+    trainer at run time. Since 0.3 keras-tac compiles with JAX's defaults;
+    `XLA_FLAGS` (e.g. `--xla_cpu_experimental_ynn_fusion_type=...`) sets
+    the options for every program instead.
 
     Returns:
         bool. Defaults to `True`.
@@ -72,13 +74,7 @@ def jax_cpu_inference_fusion():
 
 @keras_tac_export("keras_tac.config.set_jax_cpu_inference_fusion")
 def set_jax_cpu_inference_fusion(enabled):
-    """Turns the YNNPACK fusions of TAC's JAX CPU inference on or off.
-
-    Off, TAC's inference functions compile with JAX's defaults, as one
-    program each, and no fusion set is timed.
-    A `--xla_cpu_experimental_ynn_fusion_type` in the `XLA_FLAGS`
-    environment variable always wins over this setting. Models already
-    compiled keep their functions until `make_predict_function(force=True)`.
+    """Deprecated, no effect (see `jax_cpu_inference_fusion`); warns.
 
     Args:
         enabled: bool.
@@ -87,4 +83,11 @@ def set_jax_cpu_inference_fusion(enabled):
         raise ValueError(
             f"Invalid `enabled`: expected a bool. Received: enabled={enabled!r}"
         )
+    warnings.warn(
+        "keras_tac.config.set_jax_cpu_inference_fusion has no effect since "
+        "keras-tac 0.3 (TAC compiles with JAX's defaults; set XLA options "
+        "with the XLA_FLAGS environment variable).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     _SETTINGS["jax_cpu_inference_fusion"] = enabled

@@ -117,14 +117,9 @@ def compare_scores(
     """
     if scorers is None:
         scorers = compute.default_scorers(tac)
-    scorers = compute._check_scorers(scorers)
+    scorers = compute.check_scorers(scorers)
     validation.check_fraction("coverage", coverage)
-    for name, value in (
-        ("reward", reward),
-        ("error_cost", error_cost),
-        ("rejection_cost", rejection_cost),
-    ):
-        metrics._check_cost(name, value, allow_negative=name == "reward")
+    metrics.check_costs(reward, error_cost, rejection_cost)
     extractor = FeatureExtractor.of(tac)
     num_test = extractor.check_inputs(x_test, "compare_scores")
     labels = validation.check_class_indices(

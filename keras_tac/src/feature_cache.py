@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import weakref
 
 import keras
 import numpy as np
@@ -26,9 +27,10 @@ import numpy as np
 from keras_tac.src import config
 from keras_tac.src import disk_cache
 from keras_tac.src import distribution
-from keras_tac.src import jax_backend
+from keras_tac.src import feature_graph
 from keras_tac.src import keras_internals
 from keras_tac.src import statistics
+from keras_tac.src import training as training_lib
 from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.features import dataset_elements
 from keras_tac.src.streaming import ArrayBatches
@@ -252,7 +254,8 @@ def fit_on_cached_features(
             steps=_steps_per_epoch(x, fit_kwargs),
             model=model,
         )
-        with jax_backend.state_synced_through(model, trainer):
+        _ACTIVE_TRAINERS[model] = trainer
+        try:
             trainer.fit(
                 x,
                 y,
@@ -261,6 +264,8 @@ def fit_on_cached_features(
                 verbose=verbose,
                 **fit_kwargs,
             )
+        finally:
+            del _ACTIVE_TRAINERS[model]
         if model.confidence_layer is not None:
             # The training statistics, from the features at hand.
             statistics.fit_after_training(
@@ -279,13 +284,15 @@ def fit_on_cached_features(
 
 class _HeadTrainer(keras.Model):
     """The model `fit` trains on cached features: the TAC model's own head,
-    loss and metrics, on `{base_output, pooled_0, ...}` inputs."""
+    objective and metrics, on `{base_output, pooled_0, ...}` inputs."""
 
     def __init__(self, tac):
-        # Not tracked: the base (and its weights) is no part of this model.
-        object.__setattr__(self, "_tac", tac)
         super().__init__(name=f"{tac.name}_on_cached_features")
+        # Weak, and so not tracked: the base (and its weights) is no part
+        # of this model.
+        self.tac = weakref.ref(tac)
         self.head = tac.head
+        self.confidence_layer = None
         # The code noise's random state, threaded through compiled steps.
         self.seed_generator = tac.seed_generator
         self.base_accuracy_tracker = keras.metrics.Mean(name="base_accuracy")
@@ -295,40 +302,49 @@ class _HeadTrainer(keras.Model):
     # Callbacks see (and stop) the TAC model, not this one.
     @property
     def stop_training(self):
-        return self._tac.stop_training
+        return self.tac().stop_training
 
     @stop_training.setter
     def stop_training(self, value):
-        self._tac.stop_training = value
+        self.tac().stop_training = value
 
     @property
     def history(self):
-        return getattr(self._tac, "history", None)
+        return getattr(self.tac(), "history", None)
 
     def call(self, features, training=False):
         num_taps = len(self.head.profile_layers)
         pooled = [features[tap_key(i)] for i in range(num_taps)]
-        outputs = dict(self.head(pooled, training=training))
-        base_output = features[BASE_OUTPUT_KEY]
-        outputs["base_output"] = base_output
-        outputs["prediction"] = keras.ops.cast(
-            keras.ops.argmax(base_output, axis=-1), "int32"
+        # The head only: the confidence needs no training.
+        return feature_graph.head_outputs(
+            self, features[BASE_OUTPUT_KEY], pooled, training
         )
-        return outputs
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        return self._tac.compute_loss(x, y, y_pred, sample_weight, training)
+        return training_lib.objective(
+            self.tac(), y, y_pred, sample_weight, training
+        )
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        self._tac.update_accuracies(
+        training_lib.update_accuracies(
             (self.base_accuracy_tracker, self.tac_accuracy_tracker),
+            self.tac().num_classes,
             y,
             y_pred,
             sample_weight,
         )
         return self.get_metrics_result()
+
+
+def active_trainer(tac):
+    """The head trainer of a cached-feature `fit` of `tac` now running, or
+    `None`: on JAX its state is the TAC model's current one."""
+    return _ACTIVE_TRAINERS.get(tac)
+
+
+_ACTIVE_TRAINERS = weakref.WeakKeyDictionary()
 
 
 class _FeatureStore:

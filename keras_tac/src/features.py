@@ -8,21 +8,15 @@ inner products. The feature cache of `TACModel.fit` and every confidence
 scorer read these, through the same padded batch loop.
 """
 
-import weakref
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_tac.src import distribution
-from keras_tac.src import jax_backend
+from keras_tac.src import feature_graph
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
-from keras_tac.src.layers.tac_head import score_of
 from keras_tac.src.validation import model_inputs
-
-# Values must not reference their key (the TAC model), or it never dies.
-_EXTRACTORS = weakref.WeakKeyDictionary()
 
 
 @keras_tac_export("keras_tac.scores.FeatureBatch")
@@ -90,61 +84,25 @@ class FeatureExtractor:
     """
 
     def __init__(self, tac, pooled_only=False):
-        source = tac.tap_model
-        inputs = keras.tree.map_structure(
-            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype),
-            source.input,
-        )
-        tapped = source(inputs, training=False)
-        base_output, taps = tapped[0], tapped[1:]
         self.probabilities = bool(tac.base_outputs_probabilities)
         self.default_score = tac.score
         self.input_shapes = tac.input_shapes
-        self.num_taps = len(taps)
+        self.num_taps = len(tac.tap_layers)
         self.combined = tac.confidence_layer is not None and not pooled_only
-        # Weak: the extractors are kept in a weak dictionary keyed by `tac`.
-        self._tac = weakref.ref(tac)
-        if pooled_only:
-            self.model = _PooledTaps(tac)
-            return
-        head = tac.head(taps)
-        outputs = {
-            "base_output": ops.cast(base_output, "float32"),
-            "profile": head["profile"],
-            "distances": head["distances"],
-            "inner_products": tac.head.code_matching.inner_products(
-                head["profile"]
-            ),
-        }
-        for index, tensor in enumerate(head["pooled"]):
-            outputs[f"pooled_{index}"] = ops.cast(tensor, "float32")
-        if tac.confidence_layer is not None:
-            prediction = ops.argmax(base_output, axis=-1)
-            combined = tac.confidence_layer(
-                base_output,
-                head["pooled"],
-                score_of(-head["distances"], prediction),
-                probabilities=tac.base_outputs_probabilities,
-            )
-            outputs["confidence"] = combined["confidence"]
-            outputs["parts"] = combined["parts"]
-        self.model = keras.Model(inputs, outputs, name="tac_features")
+        keys = ["base_output"] + [f"pooled_{i}" for i in range(self.num_taps)]
+        if not pooled_only:
+            keys += ["profile", "distances", "inner_products"]
+            if self.combined:
+                keys += ["confidence", "confidence_parts"]
+        # The TAC model's own graph (`feature_graph`), with these outputs.
+        self.model = feature_graph.graph_model(tac, keys)
 
     @classmethod
     def of(cls, tac, pooled_only=False):
-        """The extractor of `tac`, built once per model (and `pooled_only`)
-        and reused, so that its compiled function is traced once (weights
+        """The extractor of `tac` (its graph model is built once per model
+        and reused, so that its compiled function is traced once; weights
         are read at each call, so later training is seen)."""
-        extractors = _EXTRACTORS.setdefault(tac, {})
-        extractor = extractors.get(pooled_only)
-        if extractor is None:
-            extractor = cls(tac, pooled_only)
-            extractors[pooled_only] = extractor
-        if extractor.model.jit_compile != tac.jit_compile:
-            extractor.model.jit_compile = tac.jit_compile
-            extractor.model.predict_function = None
-        extractor.default_score = tac.score
-        return extractor
+        return cls(tac, pooled_only)
 
     def batches(self, x, batch_size=256, verbose="auto", where="scores"):
         """Yields one `FeatureBatch` per batch of `x`, in order.
@@ -169,12 +127,6 @@ class FeatureExtractor:
         progbar = None
         if verbose not in (0, False):
             progbar = keras.utils.Progbar(num_inputs, unit_name="input")
-        # The XLA options chosen for the TAC model serve here too; this
-        # pass chooses none (the cached fit's would cost more than it saves).
-        with jax_backend.inference_compilation(
-            self.model, choice_of=self._tac() or self.model, may_choose=False
-        ):
-            self.model.make_predict_function()
         for start in range(0, num_inputs, batch_size):
             stop = min(start + batch_size, num_inputs)
             batch = keras.tree.map_structure(
@@ -237,30 +189,12 @@ class FeatureExtractor:
             inner_products=outputs.get("inner_products"),
             default_score=self.default_score,
             confidence=outputs.get("confidence"),
-            parts=outputs.get("parts"),
+            parts=outputs.get("confidence_parts"),
         )
 
     def check_inputs(self, x, where):
         """Validates `x` against the base model; returns the input count."""
         return model_inputs.check_inputs(x, self.input_shapes, where)
-
-
-class _PooledTaps(keras.Model):
-    """The base output and the pooled taps of a TAC model, as a model (not
-    Functional: the profile layers' pooling layers share a name)."""
-
-    def __init__(self, tac):
-        super().__init__(name="tac_pooled_taps")
-        self.tap_model = tac.tap_model
-        # Not tracked: only its weight-free pooling layers run here.
-        object.__setattr__(self, "_head", tac.head)
-
-    def call(self, inputs):
-        tapped = self.tap_model(inputs, training=False)
-        outputs = {"base_output": ops.cast(tapped[0], "float32")}
-        for index, tensor in enumerate(self._head.pool(tapped[1:])):
-            outputs[f"pooled_{index}"] = ops.cast(tensor, "float32")
-        return outputs
 
 
 def dataset_elements(data):

@@ -14,11 +14,7 @@ public Keras APIs only.
   consumes, from its input tensors' `_keras_history`.
 - `print_msg`: Keras's own progress-message printer, which respects
   `keras.config.disable_interactive_logging()` (then logs via absl).
-- `jax_trainer_jit`: the `jit` that Keras's JAX trainer compiles its step
-  functions with, swapped for the duration of a block.
 """
-
-import contextlib
 
 import keras
 
@@ -64,26 +60,3 @@ def print_msg(message):
     from keras.src.utils import io_utils
 
     io_utils.print_msg(message)
-
-
-@contextlib.contextmanager
-def jax_trainer_jit(jit):
-    """Makes Keras's JAX trainer compile with `jit` inside the block.
-
-    The trainer module calls a module-level `jit` (`jax.jit`, or Flax NNX's
-    under `keras.config.enable_flax_nnx`) when it builds its predict, test
-    and train functions. Where it is not `jax.jit` the block changes
-    nothing.
-    """
-    import jax
-    from keras.src.backend.jax import trainer
-
-    original = getattr(trainer, "jit", None)
-    if original is not jax.jit:
-        yield
-        return
-    trainer.jit = jit
-    try:
-        yield
-    finally:
-        trainer.jit = original

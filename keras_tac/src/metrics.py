@@ -427,12 +427,7 @@ def value_curve(
     [0.0, 0.5, 0.0]
     """
     confidence, correct = _check_scores(confidence, correct)
-    for name, value in (
-        ("reward", reward),
-        ("error_cost", error_cost),
-        ("rejection_cost", rejection_cost),
-    ):
-        _check_cost(name, value, allow_negative=name == "reward")
+    check_costs(reward, error_cost, rejection_cost)
     accepted_correct, accepted_wrong, thresholds = _counts_at_thresholds(
         confidence, correct
     )
@@ -473,12 +468,7 @@ def rejection_value(
     0.5
     """
     confidence, correct = _check_scores(confidence, correct)
-    for name, value in (
-        ("reward", reward),
-        ("error_cost", error_cost),
-        ("rejection_cost", rejection_cost),
-    ):
-        _check_cost(name, value, allow_negative=name == "reward")
+    check_costs(reward, error_cost, rejection_cost)
     if isinstance(threshold, bool) or not isinstance(
         threshold, (int, float, np.floating, np.integer)
     ):
@@ -615,6 +605,33 @@ def _check_scores(scores, labels, both_classes=False):
             f"{labels.size}."
         )
     return scores, labels
+
+
+def check_costs(reward, error_cost, rejection_cost):
+    """Checks the value of a decision: `reward` a finite number,
+    `error_cost` and `rejection_cost` numbers `>= 0`.
+
+    Args:
+        reward: float. Gain of an accepted correct answer.
+        error_cost: float. Loss of an accepted wrong answer.
+        rejection_cost: float. Loss of a rejection.
+
+    Raises:
+        ValueError: naming the first invalid argument.
+
+    Example:
+
+    >>> check_costs(1.0, 2.0, rejection_cost=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid `rejection_cost`: expected a number >= 0. ...
+    """
+    for name, value in (
+        ("reward", reward),
+        ("error_cost", error_cost),
+        ("rejection_cost", rejection_cost),
+    ):
+        _check_cost(name, value, allow_negative=name == "reward")
 
 
 def _check_cost(name, value, allow_negative=False):

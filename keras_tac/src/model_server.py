@@ -236,13 +236,10 @@ class TACServingModel(kserve.Model):
                 **arrays,
                 **{THRESHOLD_PARAMETER: np.full(rows, threshold, "float32")},
             )
-        # ONNX bakes the threshold in: the same accept rule as
-        # `TACModel.predict_with_rejection` (inputs are finite here).
+        # ONNX bakes the threshold in: the accept rule is applied here to
+        # the exported confidence (`_run` refused non-finite inputs).
         outputs = dict(self._default.fn(**arrays))
-        confidence = np.asarray(outputs["confidence"], "float32")
-        outputs["accepted"] = np.isfinite(confidence) & (
-            confidence >= np.float32(threshold)
-        )
+        outputs["accepted"] = accept(outputs["confidence"], True, threshold)
         return outputs
 
     def _decode_v2(self, request):
@@ -313,6 +310,33 @@ class TACServingModel(kserve.Model):
             response_id=request.id or "",
             model_name=self.name,
             infer_outputs=tensors,
+        )
+
+
+def accept(confidence, input_is_finite, threshold):
+    """`keras_tac.rejection.accept` in NumPy, for a server without Keras:
+    finite input, finite confidence and `confidence >= threshold`, compared
+    in float32. tests/test_serving.py checks that the two agree.
+
+    Args:
+        confidence: float array `(batch,)`.
+        input_is_finite: bool or bool array `(batch,)`.
+        threshold: float, or float array broadcastable to `(batch,)`.
+
+    Returns:
+        A bool array `(batch,)`.
+
+    Example:
+
+    >>> accept(np.array([0.9, 0.2, np.nan]), True, 0.5).tolist()
+    [True, False, False]
+    """
+    confidence = np.asarray(confidence, "float32")
+    with np.errstate(invalid="ignore"):
+        return (
+            np.asarray(input_is_finite, bool)
+            & np.isfinite(confidence)
+            & (confidence >= np.asarray(threshold, "float32"))
         )
 
 

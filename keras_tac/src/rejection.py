@@ -14,9 +14,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import feature_graph
+from keras_tac.src import jax_backend
+from keras_tac.src import streaming
 from keras_tac.src import thresholds as thresholds_lib
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.validation import model_inputs
 
 REJECTION_KEYS = (
     "prediction",
@@ -79,6 +83,19 @@ def accept(confidence, input_is_finite, threshold):
             ops.cast(input_is_finite, "bool"), ops.isfinite(confidence)
         ),
         ops.greater_equal(confidence, ops.cast(threshold, "float32")),
+    )
+
+
+def threshold_variable(model):
+    """The rejection threshold variable of `model` (saved with it): NaN
+    until `calibrate` sets it, so an uncalibrated model does not reject
+    silently, it refuses to decide."""
+    return model.add_weight(
+        name="rejection_threshold",
+        shape=(),
+        initializer=keras.initializers.Constant(float("nan")),
+        trainable=False,
+        dtype="float32",
     )
 
 
@@ -162,15 +179,57 @@ def calibration_threshold(kind, target, delta, confidence, correct):
     }
 
 
-def calibrate(model, x, y=None, batch_size=None, verbose="auto", **targets):
-    """`TACModel.calibrate`: picks, stores and summarises the threshold."""
+def calibrate(
+    model,
+    x,
+    y=None,
+    batch_size=None,
+    verbose="auto",
+    target_coverage=None,
+    target_tpr=None,
+    target_risk=None,
+    delta=None,
+):
+    """`TACModel.calibrate`: picks and stores the rejection threshold.
+
+    Give at most one target: `target_coverage` (accept at least this
+    fraction of all inputs), `target_tpr` (of the finite inputs) or
+    `target_risk` (a selective risk guaranteed with probability
+    `1 - delta`, needs `y`; see `keras_tac.thresholds.risk_threshold`).
+    None means `target_coverage=0.9`. The threshold is saved with the
+    model and baked into exports.
+
+    Args:
+        model: a `keras_tac.TACModel`.
+        x: held-out inputs (not the training data): arrays or a dataset.
+        y: optional labels of `x`. Defaults to `None`.
+        batch_size, verbose: as in `predict`.
+        target_coverage, target_tpr: floats in `(0, 1]`, or `None`.
+        target_risk, delta: floats in `(0, 1)`, or `None` (`delta`
+            defaults to `0.05`).
+
+    Returns:
+        A dict: `"threshold"`, `"coverage"` on `x`, `"tpr"` or
+        `"risk_bound"` and `"delta"` with those targets, and with `y` the
+        base head's `"accuracy"` and `"selective_accuracy"`.
+    """
+    targets = {
+        "target_coverage": target_coverage,
+        "target_tpr": target_tpr,
+        "target_risk": target_risk,
+        "delta": delta,
+    }
+    model_inputs.check_data(model, x, None, "calibrate", True)
     kind, target, delta = calibration_target(**targets)
     if kind == "risk" and y is None:
         raise ValueError(
             "`target_risk` needs labels: pass `y` (integer labels of the "
             "calibration inputs) to `calibrate`. Received: y=None"
         )
-    outputs = model.predict(x, batch_size=batch_size, verbose=verbose)
+    keys = ["prediction", "confidence", "input_is_finite"]
+    if model.confidence_layer is not None:
+        keys.append("confidence_parts")
+    outputs = predict_outputs(model, x, keys, batch_size, verbose)
     confidence = outputs["confidence"]
     labels = None
     if y is not None:
@@ -211,10 +270,24 @@ def calibrate(model, x, y=None, batch_size=None, verbose="auto", **targets):
     return summary
 
 
+def predict_outputs(model, x, keys, batch_size=None, verbose="auto"):
+    """The TAC model's outputs `keys` on inputs `x` (checked before), as
+    NumPy arrays: `predict` of its graph model with only those outputs
+    (`keras_tac.src.feature_graph.graph_model`), NumPy inputs served one
+    batch at a time where that keeps memory flat."""
+    graph = feature_graph.graph_model(model, keys)
+    if streaming.should_stream(x):
+        x = streaming.ArrayBatches(x, batch_size=batch_size)
+        batch_size = None
+    with jax_backend.state_kept(graph):
+        return graph.predict(x, batch_size=batch_size, verbose=verbose)
+
+
 def predict_with_rejection(
     model, x, threshold=None, batch_size=None, verbose="auto"
 ):
     """`TACModel.predict_with_rejection`: predictions and decisions."""
+    model_inputs.check_data(model, x, None, "predict_with_rejection", True)
     if threshold is None:
         threshold = model.threshold
         if threshold is None:
@@ -226,8 +299,8 @@ def predict_with_rejection(
         threshold = check_threshold(threshold)
     # Only what the decision and the result need leaves the device.
     keys = [key for key in REJECTION_KEYS if key != "accepted"]
-    outputs = model._predict_outputs(
-        x, [*keys, "input_is_finite"], batch_size=batch_size, verbose=verbose
+    outputs = predict_outputs(
+        model, x, [*keys, "input_is_finite"], batch_size, verbose
     )
     result = {key: outputs[key] for key in keys}
     result["accepted"] = ops.convert_to_numpy(

@@ -251,6 +251,38 @@ def compile_from_config_across_backends(model, config):
         model.optimizer.build(model.trainable_variables)
 
 
+def tac_model_config(model):
+    """The constructor arguments of a `TACModel` for its config: the flat
+    arguments its head and loss were built from (what every saved version
+    holds) and, with the combined confidence, that layer's own config."""
+    head, loss = model.head, model.tac_loss
+    config = {
+        "base_model": keras.saving.serialize_keras_object(model.base_model),
+        "tap_layers": list(model.tap_layers),
+        "num_slices": head.num_slices,
+        "projection": head.projection,
+        "train_base": model.train_base,
+        "seed": model.seed,
+        "slicing": head.slicing,
+        "reduction": head.reduction,
+        "score": model.score,
+        "temperature": head.initial_temperature,
+        "trainable_temperature": head.trainable_temperature,
+        "cross_entropy_weight": loss.cross_entropy_weight,
+        "regression_weight": loss.regression_weight,
+        "base_loss_weight": model.base_loss_weight,
+        "code_noise": loss.code_noise,
+        "mixup_alpha": model.mixup_alpha,
+        "base_output": model.base_output,
+        "format_version": FORMAT_VERSION,
+    }
+    if model.confidence_layer is not None:
+        config["confidence"] = keras.saving.serialize_keras_object(
+            model.confidence_layer
+        )
+    return config
+
+
 def tac_model_arguments(config):
     """The constructor arguments of a `TACModel` from its config, with the
     base model deserialized (and its own optimizer built, so its saved
@@ -270,4 +302,8 @@ def tac_model_arguments(config):
     if optimizer is not None and not optimizer.built:
         optimizer.build(base_model.trainable_variables)
     config["base_model"] = base_model
+    if config.get("confidence") is not None:
+        config["confidence"] = keras.saving.deserialize_keras_object(
+            config["confidence"]
+        )
     return config

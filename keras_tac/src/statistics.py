@@ -77,7 +77,7 @@ def fit_after_training(model, fit):
         warnings.warn(
             f"TACModel.fit: {error}; the combined confidence cannot be "
             "calibrated until `fit_statistics` runs on more data.",
-            stacklevel=4,
+            stacklevel=5,
         )
     model.rejection_threshold.assign(float("nan"))
 

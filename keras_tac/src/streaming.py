@@ -3,9 +3,12 @@
 Keras's array adapters for TensorFlow and PyTorch convert whole NumPy
 arrays before the first batch (on TensorFlow two copies of the inputs at
 peak; on PyTorch about 1 GB more for 50,000 MNIST images), so `evaluate`
-or `predict` on N samples costs memory in N. `ArrayBatches` slices one
-batch at a time instead: the working memory does not grow with N. The JAX
-adapter already slices per batch.
+or `predict` on N samples costs memory in N. keras-tac's own passes
+(`predict_with_rejection`, `calibrate`, the cached fit) serve arrays
+through `ArrayBatches`; Keras's `predict` and `evaluate` keep Keras's
+adapters (give them an `ArrayBatches` for flat memory). `ArrayBatches`
+slices one batch at a time instead: the working memory does not grow with
+N. The JAX adapter already slices per batch.
 """
 
 import math
@@ -102,15 +105,3 @@ def _as_array(data):
     if data is None or hasattr(data, "shape"):
         return data
     return np.asarray(data)
-
-
-def batches_for_evaluate(x, y, evaluate_kwargs):
-    """`(x, y, kwargs)` for `keras.Model.evaluate`, streamed one batch at a
-    time where `should_stream(x)` (memory flat in the number of samples)."""
-    if not should_stream(x) or evaluate_kwargs.get("_use_cached_eval_dataset"):
-        return x, y, evaluate_kwargs
-    kwargs = dict(evaluate_kwargs)
-    batches = ArrayBatches(
-        x, y, kwargs.pop("sample_weight", None), kwargs.pop("batch_size", None)
-    )
-    return batches, None, kwargs

@@ -9,6 +9,7 @@ import pytest
 from conftest import to_numpy
 from scipy import special
 from scipy.spatial import distance
+from test_layers import run_layer_test
 
 from keras_tac import layers
 from keras_tac import rejection
@@ -407,7 +408,7 @@ class TestCombinedConfidence:
 
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_kth_largest_counts_ties_as_a_sort(k):
-    from keras_tac.src.layers.combined_confidence import kth_largest
+    from keras_tac.src.confidence_ops import kth_largest
 
     rng = np.random.default_rng(k)
     # Few distinct values, so that ties fall everywhere, including at k.
@@ -435,7 +436,7 @@ def _compiled(function):
 @pytest.mark.parametrize("width", [30, 4096])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_kth_largest_of_a_row_with_nan_is_minus_inf(width, compiled):
-    from keras_tac.src.layers.combined_confidence import kth_largest
+    from keras_tac.src.confidence_ops import kth_largest
 
     values = np.random.default_rng(0).random((6, width)).astype("float32")
     values[0, 3] = np.nan
@@ -480,3 +481,33 @@ def test_knn_distance_same_with_top_k_and_with_passes(monkeypatch, slow):
     kth = np.sort(similarity, axis=1)[:, -10]
     expected = np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
     np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5)
+
+
+def test_keras_layer_harness():
+    rng = np.random.default_rng(0)
+    run_layer_test(
+        layers.CombinedConfidence,
+        init_kwargs=dict(
+            num_classes=NUM_CLASSES,
+            tap_widths=list(TAP_WIDTHS),
+            bank_size=BANK_SIZE,
+            k=K,
+        ),
+        # A nested list (`pooled`) cannot be an `input_shape` dict.
+        input_data={
+            "base_output": rng.normal(size=(2, NUM_CLASSES)).astype("float32"),
+            "pooled": [
+                rng.normal(size=(2, w)).astype("float32") for w in TAP_WIDTHS
+            ],
+            "tac_score": rng.normal(size=(2,)).astype("float32"),
+        },
+        expected_output_shape={"confidence": (2,), "parts": (2, 4)},
+        expected_output_dtype={"confidence": "float32", "parts": "float32"},
+        expected_num_trainable_weights=0,
+        # Means and precisions of 2 taps, present, bank, bank_valid,
+        # centers, scales, gate_center, gate_scale, ready.
+        expected_num_non_trainable_weights=12,
+        # The harness's training model calls its layer on one input.
+        run_training_check=False,
+        run_mixed_precision_check=True,
+    )

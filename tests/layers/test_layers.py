@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
+from keras.src import testing as keras_testing
 
 from keras_tac import layers
 
@@ -32,6 +33,30 @@ def input_gradient(function, x):
     x = torch.tensor(x, requires_grad=True)
     function(x).sum().backward()
     return x.grad.numpy()
+
+
+class _KerasHarness(keras_testing.TestCase):
+    """Keras's own layer test case, run from pytest tests."""
+
+    def runTest(self):  # A unittest.TestCase needs a test method.
+        pass
+
+
+def run_layer_test(layer_cls, **kwargs):
+    """Keras's `TestCase.run_layer_test`: config and serialization round
+    trips, build, symbolic and eager calls (output shapes and dtypes
+    checked), a compiled training step and, unless the caller turns it off,
+    the mixed precision check: under `"mixed_float16"` the eager outputs
+    have the dtypes of `compute_output_spec` and the float weights stay
+    float32. (Keras skips that check on PyTorch without CUDA; the
+    cross-backend test in tests/test_mixed_precision.py covers it there.)
+    """
+    harness = _KerasHarness()
+    harness.setUp()
+    try:
+        harness.run_layer_test(layer_cls, **kwargs)
+    finally:
+        harness.doCleanups()
 
 
 def round_trip(layer, tmp_path, inputs):
@@ -62,6 +87,21 @@ class TestTapPooling:
     def test_config(self):
         layer = layers.TapPooling(name="p")
         assert layers.TapPooling.from_config(layer.get_config()).name == "p"
+
+    @pytest.mark.parametrize(
+        "input_shape,output_shape", [((2, 7), (2, 7)), ((2, 3, 4, 5), (2, 5))]
+    )
+    def test_keras_layer_harness(self, input_shape, output_shape):
+        run_layer_test(
+            layers.TapPooling,
+            init_kwargs={},
+            input_shape=input_shape,
+            expected_output_shape=output_shape,
+            expected_output_dtype="float32",
+            expected_num_trainable_weights=0,
+            expected_num_non_trainable_weights=0,
+            run_mixed_precision_check=True,
+        )
 
 
 class TestTapProjection:
@@ -100,6 +140,27 @@ class TestTapProjection:
         x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
         before, after = round_trip(layers.TapProjection("large"), tmp_path, x)
         np.testing.assert_allclose(before, after, atol=1e-6)
+
+    @pytest.mark.parametrize(
+        "init_kwargs,num_weights",
+        [
+            (dict(projection="none"), 0),
+            (dict(projection="large"), 4),
+            # 5 Dense (kernel, bias) and 3 LayerNormalization (gamma, beta).
+            (dict(projection="2x_large", num_slices=4), 16),
+        ],
+    )
+    def test_keras_layer_harness(self, init_kwargs, num_weights):
+        run_layer_test(
+            layers.TapProjection,
+            init_kwargs=init_kwargs,
+            input_shape=(2, 8),
+            expected_output_shape=(2, 8),
+            expected_output_dtype="float32",
+            expected_num_trainable_weights=num_weights,
+            expected_num_non_trainable_weights=0,
+            run_mixed_precision_check=True,
+        )
 
 
 def layer_norm(x, layer):
@@ -352,6 +413,30 @@ class TestSliceReduce:
         clone = layers.SliceReduce.from_config(layer.get_config())
         assert clone.get_config() == layer.get_config()
 
+    @pytest.mark.parametrize(
+        "init_kwargs,width",
+        [
+            # Equal slices: the reshape (and gather) paths.
+            (dict(num_slices=4), 8),
+            (dict(num_slices=4, slicing="random"), 8),
+            # Unequal slices (10 channels into 4): the masked paths.
+            (dict(num_slices=4), 10),
+            (dict(num_slices=4, slicing="random", reduction="median"), 10),
+        ],
+    )
+    def test_keras_layer_harness(self, init_kwargs, width):
+        run_layer_test(
+            layers.SliceReduce,
+            init_kwargs=init_kwargs,
+            input_shape=(2, width),
+            expected_output_shape=(2, 4),
+            expected_output_dtype="float32",
+            expected_num_trainable_weights=0,
+            # The int32 slice indices.
+            expected_num_non_trainable_weights=1,
+            run_mixed_precision_check=True,
+        )
+
 
 class TestActivationProfile:
     def test_composition(self):
@@ -391,6 +476,32 @@ class TestActivationProfile:
         x = np.random.default_rng(1).normal(size=(3, 5, 12)).astype("float32")
         before, after = round_trip(layer, tmp_path, x)
         np.testing.assert_allclose(before, after, atol=1e-6)
+
+    @pytest.mark.parametrize(
+        "init_kwargs,input_shape,num_weights",
+        [
+            # Pooled (rank 2) and spatial taps; one Dense (kernel, bias).
+            (dict(num_slices=4), (2, 12), 2),
+            (dict(num_slices=3, slicing="random"), (2, 3, 3, 12), 2),
+            (
+                dict(num_slices=4, projection="none", reduction="median"),
+                (2, 5, 10),
+                0,
+            ),
+        ],
+    )
+    def test_keras_layer_harness(self, init_kwargs, input_shape, num_weights):
+        run_layer_test(
+            layers.ActivationProfile,
+            init_kwargs=init_kwargs,
+            input_shape=input_shape,
+            expected_output_shape=(2, init_kwargs["num_slices"]),
+            expected_output_dtype="float32",
+            expected_num_trainable_weights=num_weights,
+            # The int32 slice indices.
+            expected_num_non_trainable_weights=1,
+            run_mixed_precision_check=True,
+        )
 
 
 class TestCodeMatching:
@@ -448,6 +559,30 @@ class TestCodeMatching:
         np.testing.assert_array_equal(to_numpy(clone.codes), self.codes)
         before, after = round_trip(matching, tmp_path, self.profile)
         np.testing.assert_allclose(before, after)
+
+    def test_keras_layer_harness(self):
+        run_layer_test(
+            layers.CodeMatching,
+            init_kwargs={
+                "codes": [[1, 1, -1, -1], [1, -1, 1, -1], [-1, 1, 1, 1]]
+            },
+            input_shape=(2, 4),
+            expected_output_shape=(2, 3),
+            expected_output_dtype="float32",
+            expected_num_trainable_weights=0,
+            # The float32 codes.
+            expected_num_non_trainable_weights=1,
+            run_mixed_precision_check=True,
+        )
+
+    def test_policy_is_always_float32(self):
+        # See the "Dtype" paragraph of CodeMatching's docstring.
+        for dtype in (None, "float32", "mixed_float16", "mixed_bfloat16"):
+            matching = layers.CodeMatching(self.codes, dtype=dtype)
+            assert matching.dtype_policy.name == "float32"
+            assert matching.compute_dtype == "float32"
+            out = matching(self.profile.astype("float16"))
+            assert keras.backend.standardize_dtype(out.dtype) == "float32"
 
     @pytest.mark.slow
     def test_jit_matches_eager(self):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import to_numpy
+from test_layers import run_layer_test
 
 from keras_tac import codes as codes_lib
 from keras_tac import layers
@@ -279,4 +280,56 @@ class TestTACHead:
         )
         np.testing.assert_allclose(
             to_numpy(restored_head.temperature), to_numpy(head.temperature)
+        )
+
+    @pytest.mark.parametrize(
+        "init_kwargs,num_trainable",
+        [
+            # Two profile layers, one Dense (kernel, bias) each.
+            (dict(), 4),
+            (
+                dict(
+                    score="inner_product",
+                    reduction="median",
+                    slicing="random",
+                    trainable_temperature=True,
+                ),
+                5,
+            ),
+        ],
+    )
+    def test_keras_layer_harness(self, init_kwargs, num_trainable):
+        run_layer_test(
+            layers.TACHead,
+            init_kwargs=dict(
+                num_classes=NUM_CLASSES, num_slices=4, **init_kwargs
+            ),
+            # A spatial tap and a pooled one.
+            input_shape=((2, 5, 5, 8), (2, 16)),
+            expected_output_shape={
+                "pooled": [(2, 8), (2, 16)],
+                "profile": (2, 8),
+                "distances": (2, NUM_CLASSES),
+                "scores": (2, NUM_CLASSES),
+                "tac_prediction": (2,),
+                "tac_confidence": (2,),
+            },
+            expected_output_dtype={
+                "pooled": ["float32", "float32"],
+                "profile": "float32",
+                "distances": "float32",
+                "scores": "float32",
+                "tac_prediction": "int32",
+                "tac_confidence": "float32",
+            },
+            expected_num_trainable_weights=num_trainable,
+            # The slice indices of the two taps, the codes and (unless
+            # trainable) the temperature.
+            expected_num_non_trainable_weights=8 - num_trainable,
+            # The harness trains on the layer's outputs as targets, through
+            # `tf.data.Dataset.from_generator` on TensorFlow, which cannot
+            # hold the Python list of `"pooled"` (a limitation of tf.data,
+            # not of the layer: TACModel trains TACHead on every backend).
+            run_training_check=keras.backend.backend() != "tensorflow",
+            run_mixed_precision_check=True,
         )

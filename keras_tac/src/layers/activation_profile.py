@@ -2,6 +2,7 @@ import keras
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.layer_utils import config_with
 from keras_tac.src.layers.slice_reduce import SliceReduce
 from keras_tac.src.layers.tap_pooling import TapPooling
 from keras_tac.src.layers.tap_projection import TapProjection
@@ -32,7 +33,11 @@ class ActivationProfile(keras.layers.Layer):
         inputs: a tensor of rank 2 or more, channels last.
 
     Returns:
-        A tensor of shape `(batch, num_slices)`.
+        A tensor of shape `(batch, num_slices)` in the layer's compute
+        dtype, on every backend: float16 under `"mixed_float16"` (the
+        sublayers share this layer's dtype policy; their weights stay
+        float32). `TACHead` casts the profile to float32 before matching it
+        against the codes.
 
     Example:
 
@@ -115,17 +120,12 @@ class ActivationProfile(keras.layers.Layer):
         return self.slice_reduce.call(self.projector.call(inputs))
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.num_slices)
+        # The slices' shape: `(batch, num_slices)`.
+        return self.slice_reduce.compute_output_shape(input_shape)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_slices": self.num_slices,
-                "projection": self.projection,
-                "slicing": self.slicing,
-                "reduction": self.reduction,
-                "seed": self.seed,
-            }
+        return config_with(
+            super().get_config(),
+            self,
+            ("num_slices", "projection", "slicing", "reduction", "seed"),
         )
-        return config

@@ -3,6 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.layer_utils import constant_weight
 
 
 @keras_tac_export("keras_tac.layers.code_distances")
@@ -20,7 +21,8 @@ def code_distances(profile, codes):
         codes: tensor of shape `(num_classes, M)` of `+1`/`-1`.
 
     Returns:
-        A tensor of shape `(batch, num_classes)`.
+        A float32 tensor of shape `(batch, num_classes)` (the profile is
+        cast to float32 first, whatever its dtype).
 
     Example:
 
@@ -44,23 +46,32 @@ class CodeMatching(keras.layers.Layer):
 
     Holds the code matrix (`num_classes` rows of `+1`/`-1`) as a
     non-trainable float32 weight, so the codes are saved and exported with
-    the model, and computes, always in float32 (also under mixed precision):
+    the model, and computes:
 
     - `call`: the normalised L1 distances `||z - c_k||_1 / M`;
     - `inner_products`: the reference's confidences `<z, c_k>`;
-    - `nearest_codes`: TAC's prediction `argmax_k <sign(z), c_k>`.
+    - `nearest_codes`: TAC's prediction `argmax_k <sign(z), c_k>` (int32).
+
+    Dtype: the layer's dtype policy is always `"float32"`, whatever `dtype`
+    it is given (a mixed policy such as `"mixed_float16"` included), so its
+    float outputs are float32 on every backend and its `compute_dtype`
+    says so. The distances and confidences are what rejection thresholds
+    are calibrated on: in float16 (3 significant digits, step `~1e-3`
+    near 1) close scores would tie. A float16 or bfloat16 profile is cast
+    to float32 (exactly) before matching, so the layer follows a
+    mixed-precision profile layer without losing anything.
 
     Args:
         codes: array-like of shape `(num_classes, code_length)` with entries
             `+1`/`-1`, e.g. from `keras_tac.codes.class_codes`.
-        **kwargs: base layer arguments, such as `name`. The dtype defaults
-            to `"float32"`.
+        **kwargs: base layer arguments, such as `name`. A `dtype` is
+            replaced by `"float32"` (see above).
 
     Call arguments:
         profile: a tensor of shape `(batch, code_length)`.
 
     Returns:
-        Distances of shape `(batch, num_classes)`.
+        Float32 distances of shape `(batch, num_classes)`.
 
     Example:
 
@@ -74,7 +85,8 @@ class CodeMatching(keras.layers.Layer):
     """
 
     def __init__(self, codes, **kwargs):
-        kwargs.setdefault("dtype", "float32")
+        # Pinned, not defaulted: see "Dtype" above.
+        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] < 2 or codes.shape[1] < 1:
@@ -89,14 +101,7 @@ class CodeMatching(keras.layers.Layer):
                 f"Received values {np.unique(codes)[:10].tolist()}"
             )
         self.num_classes, self.code_length = codes.shape
-        self.codes = self.add_weight(
-            name="codes",
-            shape=codes.shape,
-            dtype="float32",
-            initializer="zeros",
-            trainable=False,
-        )
-        self.codes.assign(codes.astype("float32"))
+        self.codes = constant_weight(self, "codes", codes, "float32")
 
     def call(self, profile):
         self._check_profile(profile)

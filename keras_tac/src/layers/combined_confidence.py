@@ -1,126 +1,19 @@
+"""keras-tac's default confidence layer; its statistics are written once
+in `keras_tac.src.confidence_ops` (imported here for the existing import
+paths: `keras_tac.layers.knn_distance`, `mahalanobis_novelty`)."""
+
 import keras
 import numpy as np
 from keras import ops
 
-from keras_tac.src import jax_backend
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.confidence_ops import knn_distance
+from keras_tac.src.confidence_ops import log_probabilities
+from keras_tac.src.confidence_ops import mahalanobis_novelty
 
 # The signals of the combined confidence, in the order of `"parts"`.
 PARTS = ("tac", "log_softmax", "knn", "novelty")
-
-
-@keras_tac_export("keras_tac.layers.mahalanobis_novelty")
-def mahalanobis_novelty(pooled, means, precisions, present=None):
-    """Mean over taps of the squared Mahalanobis distance to the nearest
-    class mean, each divided by its tap's width (its expected value under a
-    Gaussian model), so wide taps do not drown narrow ones.
-
-    `D(x) = (1/L) sum_l min_k (h_l - mu_lk)^T P_l (h_l - mu_lk) / d_l`;
-    larger is more novel (Lee et al., 2018).
-
-    Args:
-        pooled: list of tensors `(batch, d_l)`, the pooled taps.
-        means: list of tensors `(num_classes, d_l)`, class means.
-        precisions: list of tensors `(d_l, d_l)`, shared inverse
-            covariances.
-        present: optional bool tensor `(num_classes,)`: classes seen when
-            fitting; the others are ignored.
-
-    Returns:
-        A float32 tensor `(batch,)`.
-
-    Example:
-
-    >>> h = np.array([[1.0, 0.0]], "float32")
-    >>> means = np.zeros((1, 2), "float32")
-    >>> precision = np.eye(2, dtype="float32")
-    >>> float(np.asarray(mahalanobis_novelty([h], [means], [precision]))[0])
-    0.5
-    """
-    total = 0.0
-    for features, class_means, precision in zip(pooled, means, precisions):
-        features = ops.cast(features, "float32")
-        projected = ops.matmul(features, precision)
-        squared = (
-            ops.sum(projected * features, axis=-1, keepdims=True)
-            - 2.0 * ops.matmul(projected, ops.transpose(class_means))
-            + ops.sum(ops.matmul(class_means, precision) * class_means, -1)
-        )
-        if present is not None:
-            squared = ops.where(present, squared, float("inf"))
-        total = total + ops.min(squared, axis=-1) / features.shape[-1]
-    return total / len(pooled)
-
-
-@keras_tac_export("keras_tac.layers.knn_distance")
-def knn_distance(features, bank, k, valid=None):
-    """Distance of each L2-normalised feature vector to its `k`-th nearest
-    neighbour in a bank of normalised vectors (Sun et al., 2022).
-
-    Args:
-        features: tensor `(batch, d)`.
-        bank: tensor `(n, d)` of L2-normalised vectors.
-        k: int, at most the number of valid bank rows.
-        valid: optional bool tensor `(n,)`: bank rows in use.
-
-    Returns:
-        A float32 tensor `(batch,)`; larger is farther.
-
-    Example:
-
-    >>> bank = np.eye(3, dtype="float32")
-    >>> x = np.array([[2.0, 0.0, 0.0]], "float32")
-    >>> [round(v, 4) for v in np.asarray(knn_distance(x, bank, 1)).tolist()]
-    [0.0]
-    """
-    features = ops.cast(features, "float32")
-    norms = ops.sqrt(ops.sum(features * features, axis=-1, keepdims=True))
-    features = features / ops.maximum(norms, 1e-12)
-    similarity = ops.matmul(features, ops.transpose(bank))
-    if valid is not None:
-        similarity = ops.where(valid, similarity, -2.0)
-    kth = kth_largest(similarity, k)
-    return ops.sqrt(ops.maximum(2.0 - 2.0 * kth, 0.0))
-
-
-def kth_largest(values, k):
-    """The `k`-th largest entry of each row of `values` `(batch, n)`, ties
-    counted with their multiplicity (as `sort(values)[:, -k]`); `-inf` for
-    a row holding NaN.
-
-    `keras.ops.top_k` where it is fast (TensorFlow, PyTorch); on JAX `k`
-    passes of max-and-remove instead (`keras_tac.jax_backend.top_k_is_slow`
-    says why). Each pass removes every entry equal to the row maximum and
-    counts them, so ties are exact; both give the same values.
-
-    Example:
-
-    >>> values = np.array([[0.1, 0.9, 0.5, 0.9]], "float32")
-    >>> [float(v) for v in np.asarray(kth_largest(values, 3))]
-    [0.5]
-    """
-    values = ops.convert_to_tensor(values)
-    # Rows with NaN are set apart explicitly: what a maximum over them gives
-    # differs between backends (XLA:CPU's vectorised max may skip the NaN).
-    has_nan = ops.any(ops.isnan(values), axis=-1)
-    if not jax_backend.top_k_is_slow():
-        kth = ops.top_k(values, k)[0][:, -1]
-        return ops.where(has_nan, float("-inf"), ops.cast(kth, "float32"))
-    rows = ops.shape(values)[0]
-    remaining = ops.full((rows,), float(k))
-    answer = ops.full((rows,), float("-inf"))
-    done = ops.zeros((rows,), "bool")
-    for _ in range(k):
-        top = ops.max(values, axis=-1)
-        is_top = ops.equal(values, ops.expand_dims(top, -1))
-        count = ops.sum(ops.cast(is_top, "float32"), axis=-1)
-        found = ops.logical_and(ops.logical_not(done), count >= remaining)
-        answer = ops.where(found, top, answer)
-        done = ops.logical_or(done, found)
-        remaining = remaining - count
-        values = ops.where(is_top, float("-inf"), values)
-    return ops.where(has_nan, float("-inf"), answer)
 
 
 @keras_tac_export("keras_tac.layers.CombinedConfidence")
@@ -204,7 +97,9 @@ class CombinedConfidence(keras.layers.Layer):
         gate_width=0.5,
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
+        # Always float32, whatever policy it is given: statistics and
+        # parts are compared in float32 (float16 would tie close scores).
+        kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         validation.check_positive_int("num_classes", num_classes)
         tap_widths = [int(w) for w in tap_widths]
@@ -250,12 +145,13 @@ class CombinedConfidence(keras.layers.Layer):
             dtype="float32",
         )
 
+    def build(self, *args, **kwargs):
+        # The statistics' weights are made in `__init__` (their shapes come
+        # from `num_classes` and `tap_widths`): nothing depends on inputs.
+        pass
+
     def call(self, base_output, pooled, tac_score, probabilities=False):
-        base_output = ops.cast(base_output, "float32")
-        if probabilities:
-            log_softmax = ops.log(ops.maximum(base_output, 1e-30))
-        else:
-            log_softmax = ops.log_softmax(base_output, axis=-1)
+        log_softmax = log_probabilities(base_output, probabilities)
         present = ops.greater(self.present, 0.5)
         parts = ops.stack(
             [

@@ -4,6 +4,8 @@ from keras import ops
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.layer_utils import config_with
+from keras_tac.src.layers.layer_utils import constant_weight
 
 SLICINGS = ("uniform", "random")
 REDUCTIONS = ("mean", "median")
@@ -70,7 +72,10 @@ class SliceReduce(keras.layers.Layer):
         inputs: a tensor of shape `(batch, C)`.
 
     Returns:
-        A tensor of shape `(batch, num_slices)`.
+        A tensor of shape `(batch, num_slices)` in the layer's compute dtype
+        (Keras's convention, the same on every backend: float16 under
+        `"mixed_float16"`, whose float inputs Keras casts to float16; a
+        mean or median of float16 values is as precise as they are).
 
     Example:
 
@@ -110,14 +115,7 @@ class SliceReduce(keras.layers.Layer):
         indices = slice_indices(
             input_shape[-1], self.num_slices, self.slicing, self.seed
         )
-        self.indices = self.add_weight(
-            name="slice_indices",
-            shape=indices.shape,
-            dtype="int32",
-            initializer="zeros",
-            trainable=False,
-        )
-        self.indices.assign(indices)
+        self.indices = constant_weight(self, "slice_indices", indices, "int32")
         # The indices fit this width only: a wider input would be cut short,
         # a narrower one indexed out of range (silently clipped on JAX).
         self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_shape[-1]})
@@ -159,16 +157,11 @@ class SliceReduce(keras.layers.Layer):
         return (input_shape[0], self.num_slices)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_slices": self.num_slices,
-                "slicing": self.slicing,
-                "reduction": self.reduction,
-                "seed": self.seed,
-            }
+        return config_with(
+            super().get_config(),
+            self,
+            ("num_slices", "slicing", "reduction", "seed"),
         )
-        return config
 
 
 def _check_slicing(slicing):

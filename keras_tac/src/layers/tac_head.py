@@ -133,6 +133,14 @@ class TACHead(keras.layers.Layer):
         `(batch,)` (the code nearest to the profile's signs) and
         `"tac_confidence"` `(batch,)` (the score of that class).
 
+        The same dtypes on every backend. Under a mixed policy such as
+        `"mixed_float16"` (this layer's, or the global one), the profile
+        layers compute in float16, so `"pooled"` is float16, while the
+        profile is cast to float32 and the code matching computes in
+        float32 (see `CodeMatching`): `"profile"`, `"distances"`,
+        `"scores"` and `"tac_confidence"` stay float32 and
+        `"tac_prediction"` int32.
+
     Example:
 
     >>> import numpy as np

@@ -17,7 +17,9 @@ class TapPooling(keras.layers.Layer):
         inputs: a tensor of rank 2 or more.
 
     Returns:
-        A tensor of shape `(batch, channels)`.
+        A tensor of shape `(batch, channels)`. For float inputs, in the
+        layer's compute dtype on every backend (Keras casts them to it:
+        float16 under `"mixed_float16"`).
 
     Example:
 

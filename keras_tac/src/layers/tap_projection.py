@@ -2,6 +2,7 @@ import keras
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.layer_utils import config_with
 
 # The layers of each projection, in order, for an input of width `C` and
 # `S` slices: "dense" is `Dense(C)`, "bottleneck" is `Dense(S)`, "norm" a
@@ -74,7 +75,10 @@ class TapProjection(keras.layers.Layer):
         inputs: a tensor of shape `(batch, C)`.
 
     Returns:
-        A tensor of shape `(batch, C)`.
+        A tensor of shape `(batch, C)`, in the compute dtype of the layer
+        on every backend (float16 under `"mixed_float16"`: the Dense and
+        LayerNormalization layers inside share its policy, so they keep
+        float32 weights, and LayerNormalization normalises in float32).
 
     Example:
 
@@ -162,12 +166,6 @@ class TapProjection(keras.layers.Layer):
         return tuple(input_shape)
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "projection": self.projection,
-                "seed": self.seed,
-                "num_slices": self.num_slices,
-            }
+        return config_with(
+            super().get_config(), self, ("projection", "seed", "num_slices")
         )
-        return config

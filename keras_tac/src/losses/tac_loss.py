@@ -273,7 +273,9 @@ class TACLoss(keras.losses.Loss):
 
     Args:
         codes: array-like or tensor of shape `(num_classes, M)` of +1/-1
-            (a tensor or variable is read at each call).
+            (a tensor or variable is read at each call), or `None` for a
+            loss handed to `TACModel(loss=...)`, which binds it to its
+            head's codes and temperature (`bound_to`).
         temperature: float in `[1e-4, 50]`, or a scalar variable (read at
             each call and clamped to that range). Defaults to `10.0`.
         cross_entropy_weight: float. Defaults to `1.0`.
@@ -313,7 +315,9 @@ class TACLoss(keras.losses.Loss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if isinstance(codes, (np.ndarray, list, tuple)):
+        if codes is None:
+            pass
+        elif isinstance(codes, (np.ndarray, list, tuple)):
             codes = _check_codes(codes)
         elif len(codes.shape) != 2:
             raise ValueError(
@@ -339,7 +343,36 @@ class TACLoss(keras.losses.Loss):
 
     @property
     def num_classes(self):
+        if self.codes is None:
+            raise ValueError(
+                "This TACLoss has no codes (codes=None): give it to "
+                "`TACModel(loss=...)`, or build it with the class codes."
+            )
         return int(self.codes.shape[0])
+
+    def bound_to(self, codes, temperature, seed):
+        """A copy of this loss (same weights and noise) on `codes` and
+        `temperature` (a head's, read at each call), with random state
+        `seed`: what `TACModel` trains with.
+
+        Example:
+
+        >>> from keras_tac.codes import class_codes
+        >>> codes, _ = class_codes(3, num_blocks=1)
+        >>> TACLoss(None, code_noise=0.1).bound_to(codes, 5.0, 0).code_noise
+        0.1
+        """
+        return TACLoss(
+            codes,
+            temperature=temperature,
+            cross_entropy_weight=self.cross_entropy_weight,
+            regression_weight=self.regression_weight,
+            code_noise=self.code_noise,
+            seed=seed,
+            reduction=self.reduction,
+            name=self.name,
+            dtype=self.dtype,
+        )
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras turns `y_true` into a tensor before `call`: check NumPy
@@ -351,6 +384,7 @@ class TACLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
+        num_classes = self.num_classes
         code_length = self.codes.shape[1]
         if len(y_pred.shape) != 2 or y_pred.shape[-1] != code_length:
             raise ValueError(
@@ -358,7 +392,7 @@ class TACLoss(keras.losses.Loss):
                 f"shape (batch, {code_length}). Received shape {y_pred.shape}"
             )
         probabilities = labels_to_probabilities(
-            y_true, self.num_classes, batch_size=ops.shape(y_pred)[0]
+            y_true, num_classes, batch_size=ops.shape(y_pred)[0]
         )
         return self.objective(probabilities, y_pred)
 
@@ -388,7 +422,9 @@ class TACLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        codes = ops.convert_to_numpy(self.codes).astype(int).tolist()
+        codes = self.codes
+        if codes is not None:
+            codes = ops.convert_to_numpy(codes).astype(int).tolist()
         temperature = self.temperature
         if not isinstance(temperature, float):
             temperature = float(ops.convert_to_numpy(temperature))

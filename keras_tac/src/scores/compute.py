@@ -63,7 +63,7 @@ def fit_scorers(tac, x, y, scorers, batch_size=256, verbose="auto"):
     Returns:
         The list of fitted scorers (the same objects).
     """
-    scorers = _check_scorers(scorers)
+    scorers = check_scorers(scorers)
     to_fit = [scorer for scorer in scorers if scorer.needs_fit]
     if not to_fit:
         return scorers
@@ -127,14 +127,9 @@ def compute_scores(
     """
     if scorers is None:
         scorers = [s for s in default_scorers(tac) if not s.needs_fit]
-    scorers = _check_scorers(scorers)
+    scorers = check_scorers(scorers)
     for scorer in scorers:
-        if scorer.needs_fit and not scorer.fitted:
-            raise ValueError(
-                f"Scorer {scorer.name!r} is not fitted: call "
-                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, scorers)` "
-                "first."
-            )
+        scorer.check_fitted()
     parts = {scorer.name: [] for scorer in scorers}
     predictions = []
     extractor = FeatureExtractor.of(tac)
@@ -152,7 +147,24 @@ def compute_scores(
     return scores
 
 
-def _check_scorers(scorers):
+def check_scorers(scorers):
+    """`scorers` as a list, checked: `Scorer` objects with unique names.
+
+    Args:
+        scorers: iterable of `keras_tac.scores.Scorer`.
+
+    Returns:
+        A list of the scorers.
+
+    Raises:
+        TypeError: for an object that is not a `Scorer`.
+        ValueError: for two scorers of the same name.
+
+    Example:
+
+    >>> [s.name for s in check_scorers([MaxLogit(), Energy()])]
+    ['max_logit', 'energy']
+    """
     scorers = list(scorers)
     for scorer in scorers:
         if not isinstance(scorer, Scorer):

@@ -1,11 +1,14 @@
 """Deep k-nearest-neighbour score on normalised penultimate features."""
 
+import keras
 import numpy as np
 
+from keras_tac.src import confidence_ops
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.scorer import register_scorer
+from keras_tac.src.scores.scorer import to_scores
 
 
 @register_scorer
@@ -17,8 +20,9 @@ class DeepKNN(Scorer):
     tap, which with the default taps is the input of the base head, the
     penultimate layer), L2-normalised. The fit pass stores the normalised
     features of the fit inputs (the bank; optionally a random subset); the
-    score is `-||u - u_(k)||_2`, with `u_(k)` the k-th nearest bank vector.
-    Higher = more confident. Labels are not used.
+    score is `-||u - u_(k)||_2`, with `u_(k)` the k-th nearest bank vector
+    (`-keras_tac.layers.knn_distance`, the function the combined confidence
+    uses, in float32). Higher = more confident. Labels are not used.
 
     Args:
         k: int. Which neighbour. Defaults to `10`.
@@ -51,6 +55,8 @@ class DeepKNN(Scorer):
         self.max_bank_size = max_bank_size
         self.seed = seed
         self.bank = None
+        self._bank_tensor = None
+        self._bank_source = None
         self.reset()
 
     @property
@@ -87,16 +93,18 @@ class DeepKNN(Scorer):
         self._chosen = choice[self._slots]
         self._expected = int(num_inputs)
 
-    def _normalised(self, features):
+    def _pooled(self, features):
         try:
-            vectors = features.pooled[self.tap].astype(np.float32)
+            return features.pooled[self.tap]
         except IndexError:
             raise ValueError(
                 f"Invalid `tap`: the TAC model has {len(features.pooled)} "
                 f"taps. Received: tap={self.tap}"
             ) from None
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+
+    def _normalised(self, features):
+        vectors = confidence_ops.l2_normalize(self._pooled(features))
+        return keras.ops.convert_to_numpy(vectors)
 
     def update(self, features, labels):
         vectors = self._normalised(features)
@@ -125,10 +133,7 @@ class DeepKNN(Scorer):
             self.reset()
             return
         if not self._parts:
-            raise ValueError(
-                f"Scorer {self.name!r} saw no fit data: call `update` with at "
-                "least one batch before `finalize`."
-            )
+            raise self.no_fit_data()
         bank = np.concatenate(self._parts)
         if self.max_bank_size is not None and len(bank) > self.max_bank_size:
             rng = np.random.default_rng(self.seed)
@@ -144,22 +149,22 @@ class DeepKNN(Scorer):
         self.reset()
 
     def score_batch(self, features):
-        if not self.fitted:
-            raise ValueError(
-                f"Scorer {self.name!r} is not fitted: call "
-                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
-                "first."
-            )
-        queries = self._normalised(features)
+        self.check_fitted()
+        queries = self._pooled(features)
         if queries.shape[1] != self.bank.shape[1]:
             raise ValueError(
                 f"Scorer {self.name!r} was fitted on features of width "
                 f"{self.bank.shape[1]} but received width {queries.shape[1]}: "
                 "was it fitted for another model?"
             )
-        similarity = queries @ self.bank.T
-        kth = -np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
-        return -np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
+        if self._bank_tensor is None or self._bank_source is not self.bank:
+            # Converted once, not once per batch.
+            self._bank_tensor = keras.ops.convert_to_tensor(self.bank)
+            self._bank_source = self.bank
+        distance = confidence_ops.knn_distance(
+            queries, self._bank_tensor, self.k
+        )
+        return -to_scores(distance)
 
     def get_config(self):
         return {

@@ -1,20 +1,22 @@
 """Confidence scores read from the base head's output alone."""
 
+import keras
 import numpy as np
 
+from keras_tac.src import confidence_ops
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.scorer import register_scorer
+from keras_tac.src.scores.scorer import to_scores
 
 
-def _log_probabilities(features):
-    """Log-softmax of the logits, or the log of the probabilities."""
-    output = features.base_output.astype(np.float64)
-    if features.probabilities:
-        with np.errstate(divide="ignore"):
-            return np.log(np.clip(output, 0.0, None))
-    shifted = output - output.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+def _max_log_probability(features):
+    """`max_k log p_k`: of the log-softmax of the logits, or of the log of
+    the probabilities (floored as in the model)."""
+    log_p = confidence_ops.log_probabilities(
+        features.base_output, features.probabilities
+    )
+    return to_scores(keras.ops.max(log_p, axis=-1))
 
 
 @register_scorer
@@ -37,7 +39,7 @@ class MaxSoftmaxProbability(Scorer):
     default_name = "msp"
 
     def score_batch(self, features):
-        return np.exp(_log_probabilities(features).max(axis=-1))
+        return np.exp(_max_log_probability(features))
 
 
 @register_scorer
@@ -57,7 +59,7 @@ class MaxLogit(Scorer):
 
     def score_batch(self, features):
         if features.probabilities:
-            return _log_probabilities(features).max(axis=-1)
+            return _max_log_probability(features)
         return features.base_output.astype(np.float64).max(axis=-1)
 
 
@@ -95,10 +97,9 @@ class Energy(Scorer):
     def score_batch(self, features):
         if features.probabilities:
             return np.zeros(len(features.base_output))
-        scaled = features.base_output.astype(np.float64) / self.temperature
-        top = scaled.max(axis=-1, keepdims=True)
-        total = np.log(np.exp(scaled - top).sum(axis=-1)) + top[:, 0]
-        return self.temperature * total
+        return to_scores(
+            confidence_ops.energy(features.base_output, self.temperature)
+        )
 
     def get_config(self):
         return {"name": self.name, "temperature": self.temperature}

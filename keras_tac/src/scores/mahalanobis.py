@@ -2,9 +2,11 @@
 
 import numpy as np
 
+from keras_tac.src import confidence_ops
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.scorer import register_scorer
+from keras_tac.src.scores.scorer import to_scores
 
 
 @register_scorer
@@ -25,7 +27,8 @@ class MahalanobisDistance(Scorer):
     Each tap's squared distance is divided by its width (its expected value
     under a Gaussian model), so wide taps do not drown narrow ones. Higher
     = more confident (closer to a class). Classes absent from the fit data
-    are ignored.
+    are ignored. The score is `-keras_tac.layers.mahalanobis_novelty`, the
+    function the combined confidence uses, computed in float32.
 
     Args:
         taps: `"all"`, `"last"` or a list of tap indices (positions in
@@ -117,10 +120,7 @@ class MahalanobisDistance(Scorer):
 
     def finalize(self):
         if self._sums is None:
-            raise ValueError(
-                f"Scorer {self.name!r} saw no fit data: call `update` with at "
-                "least one batch before `finalize`."
-            )
+            raise self.no_fit_data()
         present = self._counts > 0
         total = self._counts.sum()
         means, precisions = [], []
@@ -142,33 +142,30 @@ class MahalanobisDistance(Scorer):
         self.reset()
 
     def score_batch(self, features):
-        if not self.fitted:
-            raise ValueError(
-                f"Scorer {self.name!r} is not fitted: call "
-                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
-                "first."
-            )
+        self.check_fitted()
         selected = self._select(features.pooled)
-        total = 0.0
-        for features_l, means, precision in zip(
-            selected, self.means, self.precisions
-        ):
-            if features_l.shape[1] != means.shape[1]:
+        centred, means = [], []
+        for features_l, class_means in zip(selected, self.means):
+            if features_l.shape[1] != class_means.shape[1]:
                 raise ValueError(
                     f"Scorer {self.name!r} was fitted on features of width "
-                    f"{means.shape[1]} but received width "
+                    f"{class_means.shape[1]} but received width "
                     f"{features_l.shape[1]}: was it fitted for another model?"
                 )
-            h = features_l.astype(np.float64)
-            means = means[self.present]
-            projected = h @ precision
-            squared = (
-                np.sum(projected * h, axis=1, keepdims=True)
-                - 2.0 * projected @ means.T
-                + np.sum((means @ precision) * means, axis=1)[None, :]
-            )
-            total = total + squared.min(axis=1) / h.shape[1]
-        return -total / len(selected)
+            # `mahalanobis_novelty` centres in float32; centring first in
+            # the features' own precision (float64 or float32) keeps the
+            # digits of float64 features far from the origin through its
+            # cast. The same (rounded) center for both: the distance does
+            # not change.
+            class_means = class_means[self.present]
+            dtype = np.promote_types(features_l.dtype, np.float32)
+            center = class_means.mean(axis=0).astype(dtype)
+            centred.append(features_l.astype(dtype) - center)
+            means.append(class_means - center)
+        novelty = confidence_ops.mahalanobis_novelty(
+            centred, means, self.precisions
+        )
+        return -to_scores(novelty)
 
     def get_config(self):
         return {

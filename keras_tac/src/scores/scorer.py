@@ -2,11 +2,18 @@
 
 import json
 
+import keras
 import numpy as np
 
 from keras_tac.src.api_export import keras_tac_export
 
 _REGISTRY = {}
+
+
+def to_scores(tensor):
+    """A backend tensor of scores as a float64 NumPy array (what
+    `Scorer.score_batch` returns)."""
+    return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float64)
 
 
 @keras_tac_export("keras_tac.scores.register_scorer")
@@ -65,6 +72,26 @@ class Scorer:
         """Scores of one `FeatureBatch`: a float array `(batch,)`."""
         raise NotImplementedError
 
+    def check_fitted(self, when="first"):
+        """Raises a `ValueError` if the scorer needs a fit it has not had.
+
+        Args:
+            when: str. Ends the message: when to call `fit_scorers`.
+        """
+        if self.needs_fit and not self.fitted:
+            raise ValueError(
+                f"Scorer {self.name!r} is not fitted: call "
+                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
+                f"{when}."
+            )
+
+    def no_fit_data(self):
+        """The error `finalize` raises when `update` was never called."""
+        return ValueError(
+            f"Scorer {self.name!r} saw no fit data: call `update` with at "
+            "least one batch before `finalize`."
+        )
+
     def get_config(self):
         """Constructor arguments, JSON-serialisable."""
         return {"name": self.name}
@@ -92,12 +119,7 @@ class Scorer:
                 "Invalid `path`: expected a file name ending in `.npz`. "
                 f"Received: path={path!r}"
             )
-        if self.needs_fit and not self.fitted:
-            raise ValueError(
-                f"Scorer {self.name!r} is not fitted: call "
-                "`keras_tac.scores.fit_scorers(tac, x_fit, y_fit, [scorer])` "
-                "before saving."
-            )
+        self.check_fitted("before saving")
         header = json.dumps(
             {"class_name": type(self).__name__, "config": self.get_config()}
         )

@@ -1,7 +1,6 @@
 """TAC's confidence scores, from the profile of the same forward pass."""
 
 import numpy as np
-from keras import ops
 
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
@@ -10,6 +9,7 @@ from keras_tac.src.layers.tac_head import class_scores
 from keras_tac.src.layers.tac_head import score_of
 from keras_tac.src.scores.scorer import Scorer
 from keras_tac.src.scores.scorer import register_scorer
+from keras_tac.src.scores.scorer import to_scores
 
 TAC_SCORES = SCORES
 
@@ -62,7 +62,7 @@ class TACScore(Scorer):
             return np.asarray(features.confidence, dtype=np.float64)
         scores = class_scores(kind, features.distances, features.inner_products)
         confidence = score_of(scores, features.prediction)
-        return np.asarray(ops.convert_to_numpy(confidence), dtype=np.float64)
+        return to_scores(confidence)
 
     def get_config(self):
         return {"name": self.name, "kind": self.kind}

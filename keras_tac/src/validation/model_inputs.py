@@ -226,3 +226,33 @@ def _by_name(values, names, what):
             f"model's input names). Received keys {sorted(values)}"
         )
     return [values[name] for name in names]
+
+
+def check_tensors(model, inputs):
+    """Checks the inputs of `TACModel.call` by their static shapes (when it
+    is traced, or called eagerly): a wrong rank or size is an error naming
+    the expected shape, not a failure deep in a backend. Sizes unknown
+    while tracing pass; values are not read (non-finite inputs are flagged
+    in `"input_is_finite"`)."""
+    if isinstance(inputs, dict):
+        inputs = _by_name(
+            inputs, input_names(model.base_model), "the inputs of `call`"
+        )
+    tensors = keras.tree.flatten(inputs)
+    where = f"{type(model).__name__}.call"
+    if len(tensors) != len(model.input_shapes):
+        raise ValueError(
+            f"`{where}` expected {len(model.input_shapes)} input(s) matching "
+            f"the base model's inputs {model.input_shapes}. Received "
+            f"{len(tensors)}"
+        )
+    for tensor, expected in zip(tensors, model.input_shapes):
+        shape = tuple(tensor.shape)
+        if len(shape) != len(expected) or any(
+            isinstance(want, int) and isinstance(got, int) and want != got
+            for want, got in zip(expected[1:], shape[1:])
+        ):
+            raise ValueError(
+                f"Invalid input to `{where}`: expected shape {expected} "
+                f"(None = any size). Received shape {shape}"
+            )
