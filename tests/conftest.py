@@ -183,8 +183,7 @@ SLOW_IN_DEFAULT_RUN = {
     "tests/test_evaluation.py::TestCompareScores::test_label_rule",
     "tests/test_recipes.py::TestWideResNet::"
     "test_strided_convolution_pads_both_sides",
-    "tests/test_rejection.py::TestRejectionOutputs::"
-    "test_only_the_keys_leave_and_predict_is_restored",
+    "tests/test_rejection.py::TestRejectionOutputs::test_only_the_keys_leave",
     "tests/test_scores.py::TestFitAndSave::test_fit_scorers_label_rule",
     "tests/test_tapping.py::TestDefaultTaps::"
     "test_small_resnet_fills_with_whole_blocks",
@@ -252,7 +251,7 @@ SLOW_IN_DEFAULT_RUN = {
     "tests/test_recipes.py::TestReferenceRandAugment::"
     "test_output_range_and_config",
     "tests/test_rejection.py::TestRejectionOutputs::"
-    "test_function_kept_between_calls_and_dropped_by_compile",
+    "test_graph_model_kept_between_calls",
     "tests/test_scores.py::TestFeaturesAndStatelessScores::"
     "test_logit_scores_against_numpy",
     "tests/test_tac_model.py::TestLabels::test_whole_float_labels_match_integers",

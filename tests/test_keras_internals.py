@@ -151,57 +151,6 @@ class TestPrintMsg:
 @pytest.mark.skipif(
     not ON_JAX, reason="Keras's JAX trainer exists on the JAX backend only"
 )
-class TestJaxTrainerJit:
-    def test_trainer_jit_is_jax_jit(self):
-        import jax
-        from keras.src.backend.jax import trainer
-
-        assert getattr(trainer, "jit", None) is jax.jit, changed(
-            "`keras.src.backend.jax.trainer.jit`: it is no longer `jax.jit`"
-        )
-
-    def test_swapped_inside_the_block_and_used_by_the_trainer(self):
-        import jax
-        from keras.src.backend.jax import trainer
-
-        calls = []
-
-        def spy(function, *args, **kwargs):
-            calls.append(function)
-            return jax.jit(function, *args, **kwargs)
-
-        model = functional()
-        with keras_internals.jax_trainer_jit(spy):
-            assert trainer.jit is spy
-            model.make_predict_function(force=True)
-        assert trainer.jit is jax.jit
-        assert calls, changed(
-            "the JAX trainer: `make_predict_function` no longer compiles "
-            "with the module-level `keras.src.backend.jax.trainer.jit`"
-        )
-        model.predict(keras.ops.ones((2, 4)), verbose=0)
-
-    def test_restored_after_an_error(self):
-        import jax
-        from keras.src.backend.jax import trainer
-
-        with pytest.raises(RuntimeError, match="inside"):
-            with keras_internals.jax_trainer_jit(lambda f, **kw: f):
-                raise RuntimeError("inside")
-        assert trainer.jit is jax.jit
-
-    def test_other_jit_left_alone(self, monkeypatch):
-        from keras.src.backend.jax import trainer
-
-        def other(function, **kwargs):
-            return function
-
-        monkeypatch.setattr(trainer, "jit", other)
-        with keras_internals.jax_trainer_jit(lambda f, **kw: f):
-            assert trainer.jit is other
-        assert trainer.jit is other
-
-
 class TestInboundLayers:
     def test_the_layers_an_add_consumes(self):
         inputs = keras.Input((4,))
