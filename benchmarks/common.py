@@ -237,20 +237,3 @@ def commit_stamp():
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+changes" if dirty else "")
-
-
-def inference_choice(tac):
-    """The XLA fusion set chosen for `tac` on JAX's CPU (e.g.
-    `"DOT+REDUCE"`), or `None`."""
-    from keras_tac.src import jax_backend
-
-    choice = jax_backend.inference_choice(tac)
-    return None if choice is None else fusion_label(choice)
-
-
-def fusion_label(option_set):
-    """A JAX CPU option set's YNNPACK fusions, e.g. `"DOT+REDUCE"`."""
-    from keras_tac.src import jax_backend
-
-    kinds = option_set[jax_backend.YNN_FUSION_OPTION]
-    return kinds.replace("LIBRARY_FUSION_TYPE_", "").replace(",", "+")

@@ -6,18 +6,17 @@ Prints, for the base model and its `TACModel` (default taps and score):
 
 - the FLOP floor (`1 + add-on FLOPs / base FLOPs`, from layer shapes) and,
   on JAX, XLA's own cost analysis of the compiled programs;
-- how often `TACModel.call` runs in Python over repeated
+- how often the TAC head's `call` runs in Python over repeated
   `predict_with_rejection` calls (on TensorFlow and JAX: the traces; on
   PyTorch, which runs eagerly: the batches);
 - the bytes that leave the device per batch: everything `predict` returns
-  against what `predict_with_rejection` fetches;
-- on JAX, the compiled pieces timed alone, alternated, per batch: the base,
-  the base with its taps as outputs, TAC, TAC returning only the
-  rejection outputs, TAC without the base (on taps given) and TAC as
-  `predict_with_rejection` runs it on a CPU (two programs: the base with
-  its taps, then the head), each under JAX's default XLA options and under
-  each of keras-tac's (`keras_tac.jax_backend.XLA_CPU_OPTION_SETS`; the
-  one chosen for the model is named), and the host time per batch of
+  against what `predict_with_rejection` fetches (the outputs of its graph
+  model, `keras_tac.src.feature_graph.graph_model`);
+- on JAX, the compiled pieces timed alone, alternated, per batch, under
+  JAX's default XLA options (keras-tac sets none; `XLA_FLAGS` is the
+  user's way to set them): the base, the base with its taps as outputs,
+  the graph model with only the pooled taps, the graph model
+  `predict_with_rejection` runs, and the host time per batch of
   `predict_with_rejection` around its compiled function;
 - `predict`, `TACModel.predict` and `predict_with_rejection`, alternated.
 
@@ -34,7 +33,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks import suite
 from keras_tac import TACModel
-from keras_tac.src import jax_backend
+from keras_tac.src import feature_graph
 from keras_tac.src import rejection
 
 
@@ -60,26 +59,27 @@ def _show(times, reference):
 
 
 def _count_calls(tac, x, batch_size, calls):
-    """Python executions of `TACModel.call` over `calls` calls of
+    """Python executions of the TAC head's `call` over `calls` calls of
     `predict_with_rejection` (after one warm-up call)."""
     tac.predict_with_rejection(
         x, threshold=0.0, batch_size=batch_size, verbose=0
     )
     count = [0]
-    original = type(tac).call
+    owner = type(tac.head)
+    original = owner.call
 
     def counted(self, *args, **kwargs):
         count[0] += 1
         return original(self, *args, **kwargs)
 
-    type(tac).call = counted
+    owner.call = counted
     try:
         for _ in range(calls):
             tac.predict_with_rejection(
                 x, threshold=0.0, batch_size=batch_size, verbose=0
             )
     finally:
-        type(tac).call = original
+        owner.call = original
     return count[0]
 
 
@@ -87,8 +87,8 @@ def _bytes_per_batch(tac, x, batch_size):
     batches = -(-len(x) // batch_size)
     full = tac.predict(x, batch_size=batch_size, verbose=0)
     keys = [k for k in rejection.REJECTION_KEYS if k != "accepted"]
-    fetched = tac._predict_outputs(
-        x, [*keys, "input_is_finite"], batch_size=batch_size, verbose=0
+    fetched = rejection.predict_outputs(
+        tac, x, [*keys, "input_is_finite"], batch_size=batch_size, verbose=0
     )
     return (
         sum(v.nbytes for v in full.values()) / batches,
@@ -101,97 +101,42 @@ def _jax_pieces(base, tac, x, batch_size, repeats):
 
     batch = jax.numpy.asarray(x[:batch_size])
     keys = [k for k in rejection.REJECTION_KEYS if k != "accepted"]
-
-    def state(model):
-        # Copies: Keras's predict donates the variables' buffers.
-        return (
-            [jax.numpy.copy(v.value) for v in model.trainable_variables],
-            [jax.numpy.copy(v.value) for v in model.non_trainable_variables],
-        )
-
-    class GivenTaps:
-        """Stands in for the tap model: returns taps computed beforehand."""
-
-        taps = None
-
-        def __call__(self, inputs, training=False):
-            return list(self.taps)
-
-    given, tap_model = GivenTaps(), tac.tap_model
-    given.taps = tac.tap_model(batch)
-
-    def head_on_given_taps(t, n, inputs, taps=None):
-        # `TACModel.call` itself, its base pass replaced by the given taps.
-        if taps is not None:
-            given.taps = taps
-        object.__setattr__(tac, "_tap_model", given)
-        try:
-            outputs = tac.stateless_call(t, n, inputs)[0]
-        finally:
-            object.__setattr__(tac, "_tap_model", tap_model)
-        return {k: outputs[k] for k in [*keys, "input_is_finite"]}
-
-    def rejection_outputs(t, n, inputs):
-        outputs = tac.stateless_call(t, n, inputs)[0]
-        return {k: outputs[k] for k in [*keys, "input_is_finite"]}
-
-    def two_programs(options):
-        base_part = jax.jit(
-            lambda t, n, inputs: tac.tap_model.stateless_call(t, n, inputs)[0],
-            compiler_options=options,
-        )
-        head_part = jax.jit(
-            lambda t, n, inputs, taps: head_on_given_taps(t, n, inputs, taps),
-            compiler_options=options,
-        )
-        t, n = state(tac.tap_model)
-        tt, tn = state(tac)
-        return lambda: jax.block_until_ready(
-            head_part(tt, tn, batch, base_part(t, n, batch))
-        )
-
+    pooled_keys = ("base_output",) + tuple(
+        f"pooled_{i}" for i in range(len(tac.tap_layers))
+    )
     pieces = {
-        "base": (base, lambda t, n, inputs: base.stateless_call(t, n, inputs)),
-        "base + taps as outputs": (
-            tac.tap_model,
-            lambda t, n, inputs: tac.tap_model.stateless_call(t, n, inputs),
+        "base": base,
+        "base + taps as outputs": feature_graph.tap_model(tac),
+        "base + pooled taps": feature_graph.graph_model(tac, pooled_keys),
+        "graph model of predict_with_rejection": feature_graph.graph_model(
+            tac, (*keys, "input_is_finite")
         ),
-        "TAC, all outputs": (
-            tac,
-            lambda t, n, inputs: tac.stateless_call(t, n, inputs),
-        ),
-        "TAC, rejection outputs": (tac, rejection_outputs),
-        "TAC without the base (taps given)": (tac, head_on_given_taps),
     }
-    chosen = jax_backend.inference_choice(tac)
-    options = {"": None}
-    for option_set in jax_backend.XLA_CPU_OPTION_SETS:
-        mark = ", chosen" if option_set == chosen else ""
-        options[f" [{common.fusion_label(option_set)}{mark}]"] = option_set
     functions = {}
     print("XLA cost analysis per batch (flops, bytes accessed):")
-    for label, (model, function) in pieces.items():
-        for suffix, option in options.items():
-            jitted = jax.jit(function, compiler_options=option)
-            t, n = state(model)
-            cost = jitted.lower(t, n, batch).compile().cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            print(
-                f"  {label + suffix:48s} {cost.get('flops', 0):.4g} "
-                f"{cost.get('bytes accessed', 0):.4g}"
-            )
-            functions[label + suffix] = lambda j=jitted, t=t, n=n: (
-                jax.block_until_ready(j(t, n, batch))
-            )
-    for suffix, option in options.items():
-        functions["TAC, two programs" + suffix] = two_programs(option)
+    for label, model in pieces.items():
+        # Copies: Keras's predict donates the variables' buffers.
+        t = [jax.numpy.copy(v.value) for v in model.trainable_variables]
+        n = [jax.numpy.copy(v.value) for v in model.non_trainable_variables]
+        jitted = jax.jit(
+            lambda t, n, inputs, model=model: model.stateless_call(
+                t, n, inputs
+            )[0]
+        )
+        cost = jitted.lower(t, n, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        print(
+            f"  {label:48s} {cost.get('flops', 0):.4g} "
+            f"{cost.get('bytes accessed', 0):.4g}"
+        )
+        functions[label] = lambda j=jitted, t=t, n=n: jax.block_until_ready(
+            j(t, n, batch)
+        )
     print(f"Compiled pieces alone, batch {batch_size}:")
     _show(common.interleaved(functions, repeats), "base")
     # Host time around the compiled function: the whole call per batch
-    # against the compiled TAC program alone on the same batches.
-    step = functions[
-        "TAC, two programs" + next(k for k in options if "chosen" in k)
-    ]
+    # against the compiled graph model alone on the same batches.
+    step = functions["graph model of predict_with_rejection"]
     sub = x[: 4 * batch_size]
     times = common.interleaved(
         {
@@ -228,7 +173,7 @@ def main(argv=None):
     calls = _count_calls(tac, x, batch_size, 3)
     batches = -(-len(x) // batch_size)
     print(
-        f"TACModel.call ran {calls} times in Python over 3 calls of "
+        f"the TAC head's call ran {calls} times in Python over 3 calls of "
         f"predict_with_rejection after a warm-up ({batches} batches each)"
     )
     full, fetched = _bytes_per_batch(tac, x, batch_size)

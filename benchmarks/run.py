@@ -1,6 +1,6 @@
 """Speed and memory benchmark of keras-tac, one process per Keras backend.
 
-    python -m benchmarks.run --short            # CI: ~2 min per backend
+    python -m benchmarks.run --short            # CI: 1-3 min per backend
     python -m benchmarks.run --full             # the documented figures
     python -m benchmarks.run --short --backend jax
 
@@ -38,8 +38,9 @@ def main(argv=None):
     parser.add_argument(
         "--figures",
         help="comma-separated subset of inference,jit,training,scale,memory,"
-        "resnet (updates those figures in an existing result file; resnet, "
-        "ResNet50 at 96x96, runs by default in --full only)",
+        "resnet,target (updates those figures in an existing result file; "
+        "resnet, ResNet50 at 96x96, and target, issue 26's three models, "
+        "run by default in --full only)",
     )
     parser.add_argument(
         "--table-only",
@@ -135,6 +136,8 @@ def _rows(result):
         )
     )
     rows.extend(_first_call_rows(inference, "tac", ""))
+    # Recorded before issue 26, when TAC compiled with keras-tac's own XLA
+    # options on JAX's CPU (the rows of older result files).
     plain = inference.get("jax_default_options")
     if plain and "ratio" in plain:
         rows.append(
@@ -146,6 +149,7 @@ def _rows(result):
             )
         )
     rows.extend(_resnet_rows(result.get("resnet", {})))
+    rows.extend(_target_rows(result.get("target", {})))
     if "skipped" in jit:
         jit_cell = "skipped (--full)"
     elif "note" in jit:
@@ -255,6 +259,7 @@ def _resnet_rows(resnet):
             f"(base {resnet['base_ms_per_sample']:.1f} ms per sample)",
         ),
     ]
+    # Recorded before issue 26 (see `_rows`).
     plain = resnet.get("predict_jax_default_options_ratio")
     if plain:
         rows.append(
@@ -267,9 +272,25 @@ def _resnet_rows(resnet):
     return rows
 
 
+def _target_rows(target):
+    """The target figure's rows (`benchmarks/target.py`), where run: each
+    model's rejection ratio and, above 1.10x, the operation named."""
+    rows = []
+    for name, figure in target.items():
+        if not isinstance(figure, dict) or "ratio" not in figure:
+            continue
+        cell = _ratio(figure["ratio"]["median"])
+        if figure.get("operation"):
+            cell += f" ({figure['operation']})"
+        rows.append(
+            (f"7. target {name}: predict_with_rejection / base predict", cell)
+        )
+    return rows
+
+
 def _first_call_rows(figure, tac, prefix):
-    """The first calls (compiling; on JAX's CPU choosing the XLA fusions)
-    and the fusions chosen, where recorded."""
+    """The first calls (tracing and compiling) and, in results recorded
+    before issue 26, the XLA:CPU fusions keras-tac then chose on JAX."""
     rows = []
     first = figure.get("first_call_seconds")
     if first:

@@ -16,7 +16,6 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-import keras_tac
 from benchmarks import common
 from keras_tac import TACModel
 from keras_tac.datasets import load_mnist_digits
@@ -64,9 +63,19 @@ MODES = {
     },
 }
 
-FIGURES = ("inference", "jit", "training", "scale", "memory", "resnet")
+FIGURES = (
+    "inference",
+    "jit",
+    "training",
+    "scale",
+    "memory",
+    "resnet",
+    "target",
+)
 # What each mode runs without `--figures`: ResNet50 costs 2-4 minutes per
-# backend on 2 CPU cores, too much for the short run of CI.
+# backend on 2 CPU cores, too much for the short run of CI; the target
+# figure (`benchmarks/target.py`: the example CNN, the CNN tapped at every
+# convolution and ResNet50) some 3-5 minutes.
 DEFAULT_FIGURES = {
     "short": ("inference", "jit", "training", "scale", "memory"),
     "full": FIGURES,
@@ -190,13 +199,12 @@ def _inference_times(base, tac, x, batch_size, repeats):
         "tac_ms_per_sample": 1e3 * float(np.median(times["tac"])) / len(x),
         "ratio": common.paired_ratio(times, "tac", "base"),
         "first_call_seconds": first_call,
-        "jax_fusions_chosen": common.inference_choice(tac),
     }
 
 
 def _first_calls(functions):
-    """Seconds of each function's first call (tracing, compiling and, on
-    JAX's CPU, choosing TAC's XLA fusions), before the timed repeats."""
+    """Seconds of each function's first call (tracing and compiling),
+    before the timed repeats."""
     seconds = {}
     for name, function in functions.items():
         start = time.perf_counter()
@@ -225,24 +233,7 @@ def inference_figure(base, data, config):
             "floor": 1.0 + addon_flops / base_flops,
         }
     )
-    if keras.backend.backend() == "jax":
-        result["jax_default_options"] = _with_jax_default_options(
-            base, x, config
-        )
     return result
-
-
-def _with_jax_default_options(base, x, config):
-    """The same figure with TAC compiled under JAX's default XLA options
-    instead of keras-tac's YNNPACK fusions."""
-    keras_tac.config.set_jax_cpu_inference_fusion(False)
-    try:
-        # A new model: its predict function is compiled in here.
-        return _inference_times(
-            base, TACModel(base), x, config["batch_size"], config["repeats"]
-        )
-    finally:
-        keras_tac.config.set_jax_cpu_inference_fusion(True)
 
 
 # ----------------------------------------------------------------------
@@ -280,20 +271,6 @@ def resnet_figure(base, data, config):
         ),
     }
     first_call = _first_calls(functions)
-    if keras.backend.backend() == "jax":
-        keras_tac.config.set_jax_cpu_inference_fusion(False)
-        try:
-            plain = TACModel(model)
-            default_options = {
-                "predict_jax_default_options": lambda: plain.predict(
-                    x, batch_size=size, verbose=0
-                )
-            }
-            # The first call compiles it under these options.
-            first_call.update(_first_calls(default_options))
-            functions.update(default_options)
-        finally:
-            keras_tac.config.set_jax_cpu_inference_fusion(True)
     repeats = config["resnet_repeats"]
     times = common.interleaved(functions, repeats)
     base_flops = common.base_flops(model)
@@ -309,12 +286,24 @@ def resnet_figure(base, data, config):
             name: [float(t) for t in values] for name, values in times.items()
         },
         "first_call_seconds": first_call,
-        "jax_fusions_chosen": common.inference_choice(tac),
     }
     for name in functions:
         if name != "base":
             result[f"{name}_ratio"] = common.paired_ratio(times, name, "base")
     return result
+
+
+# ----------------------------------------------------------------------
+# 7. Issue 26's target: predict_with_rejection within 1.10x of the base
+# ----------------------------------------------------------------------
+def target_figure(base, data, config):
+    """`benchmarks.target`'s figure of each model (the example CNN, the
+    CNN tapped at every convolution, ResNet50 96x96): the rejection ratio
+    and, above 1.10x, the operation that keeps it there."""
+    del base, data, config  # each model brings its own inputs
+    from benchmarks import target
+
+    return {name: target.measure(name) for name in target.MODELS}
 
 
 # ----------------------------------------------------------------------
