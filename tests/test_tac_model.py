@@ -904,3 +904,33 @@ class TestLearnedLittleWarning:
         tac.compile(optimizer=keras.optimizers.SGD(0.0))
         with pytest.warns(UserWarning, match="learned little.*conv_1"):
             tac.fit(x[:256], y[:256], epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("cache_features", [True, False])
+def test_fit_checks_the_training_inputs_once(
+    trained_cnn, digits, monkeypatch, cache_features
+):
+    # Oracle: a count of the array checks (shape, dtype and a finiteness
+    # scan each); `fit` also runs the statistics pass of the combined
+    # confidence, which must not check again.
+    from keras_tac.src.validation import model_inputs
+
+    (x, y), _ = digits
+    x, y = x[:256], y[:256]
+    seen = []
+    check = model_inputs.check_inputs
+
+    def counted(inputs, *args, **kwargs):
+        seen.append(inputs is x)
+        return check(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(model_inputs, "check_inputs", counted)
+    tac = keras_tac.TACModel(trained_cnn)
+    tac.compile()
+    tac.fit(
+        x, y, epochs=1, batch_size=64, verbose=0, cache_features=cache_features
+    )
+    assert seen.count(True) == 1, seen
+    seen.clear()
+    tac.fit_statistics(x, y, verbose=0)
+    assert seen.count(True) == 1, seen

@@ -433,7 +433,9 @@ class _FeatureStore:
                     )
                 data_digest = fingerprint.hexdigest()
             else:
-                for batch in extractor.batches(x, step, verbose, "fit"):
+                for batch in extractor.batches(
+                    x, step, verbose, "fit", checked=True
+                ):
                     writer.append(_feature_arrays(batch))
                 if self.named and not data_digest:
                     data_digest = _data_fingerprint(x, y).hexdigest()
@@ -477,7 +479,7 @@ class _FeatureStore:
         ]
         arrays = None
         start = 0
-        for batch in extractor.batches(x, step, verbose, "fit"):
+        for batch in extractor.batches(x, step, verbose, "fit", checked=True):
             values = [batch.base_output, *batch.pooled]
             if arrays is None:
                 arrays = [

@@ -104,7 +104,9 @@ class FeatureExtractor:
         are read at each call, so later training is seen)."""
         return cls(tac, pooled_only)
 
-    def batches(self, x, batch_size=256, verbose="auto", where="scores"):
+    def batches(
+        self, x, batch_size=256, verbose="auto", where="scores", checked=False
+    ):
         """Yields one `FeatureBatch` per batch of `x`, in order.
 
         The last batch is padded to full size (one compiled shape) and the
@@ -117,11 +119,16 @@ class FeatureExtractor:
             verbose: `"auto"`, `0` or `1`: show a progress bar
                 (`keras.utils.Progbar`) unless `0`. Defaults to `"auto"`.
             where: str. Name of the caller, for error messages.
+            checked: bool. `x` was checked by the caller (data is checked
+                once per public call). Defaults to `False`.
 
         Yields:
             `FeatureBatch` objects.
         """
-        num_inputs = self.check_inputs(x, where)
+        if checked:
+            num_inputs = len(keras.tree.flatten(x)[0])
+        else:
+            num_inputs = self.check_inputs(x, where)
         validation.check_positive_int("batch_size", batch_size)
         batch_size = min(int(batch_size), num_inputs)
         progbar = None
@@ -146,7 +153,13 @@ class FeatureExtractor:
                 progbar.update(stop)
 
     def labelled_batches(
-        self, x, y=None, batch_size=256, verbose="auto", where="scores"
+        self,
+        x,
+        y=None,
+        batch_size=256,
+        verbose="auto",
+        where="scores",
+        checked=False,
     ):
         """Yields `(FeatureBatch, labels or None)` for arrays `x` (with
         optional labels `y`) or a dataset: a `tf.data.Dataset` or
@@ -155,7 +168,7 @@ class FeatureExtractor:
         if model_inputs.is_arrays(x):
             start = 0
             labels = None if y is None else np.asarray(y)
-            for batch in self.batches(x, batch_size, verbose, where):
+            for batch in self.batches(x, batch_size, verbose, where, checked):
                 stop = start + len(batch.base_output)
                 yield batch, None if labels is None else labels[start:stop]
                 start = stop

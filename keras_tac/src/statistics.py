@@ -19,29 +19,25 @@ from keras_tac.src.validation import checks
 from keras_tac.src.validation import model_inputs
 
 
-def fit_statistics(model, x, y=None, batch_size=None, verbose="auto"):
+def fit_statistics(
+    model, x, y=None, batch_size=None, verbose="auto", checked=False
+):
     """`TACModel.fit_statistics`: one pass over training data `x` (arrays
     or a dataset, with labels `y` or in the dataset; without labels the
-    base head's predictions stand in for them)."""
-    if y is not None and model_inputs.is_arrays(x):
-        checks.check_labels(
-            y,
-            model.num_classes,
-            extractor_inputs(model, x),
-            "fit_statistics",
-        )
+    base head's predictions stand in for them). `checked`: `x` and `y`
+    were checked by the caller (`fit`)."""
+    if not checked:
+        num_samples = model_inputs.check_data(model, x, None, "fit_statistics")
+        if y is not None and num_samples is not None:
+            checks.check_labels(
+                y, model.num_classes, num_samples, "fit_statistics"
+            )
     # The statistics read the pooled taps and the base output only.
     extractor = FeatureExtractor.of(model, pooled_only=True)
     batches = extractor.labelled_batches(
-        x, y, batch_size or 256, verbose, "fit_statistics"
+        x, y, batch_size or 256, verbose, "fit_statistics", checked=True
     )
     _store(model, ((batch, labels) for batch, labels in batches))
-
-
-def extractor_inputs(model, x):
-    """The number of samples in arrays `x`, checked against the model."""
-    extractor = FeatureExtractor.of(model, pooled_only=True)
-    return extractor.check_inputs(x, "fit_statistics")
 
 
 def fit_statistics_from_features(model, base_output, pooled, y):

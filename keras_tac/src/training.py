@@ -170,7 +170,12 @@ def _statistics_after_fit(model, x, y, kwargs):
     statistics.fit_after_training(
         model,
         lambda: statistics.fit_statistics(
-            model, x, y, batch_size=kwargs.get("batch_size"), verbose=0
+            model,
+            x,
+            y,
+            batch_size=kwargs.get("batch_size"),
+            verbose=0,
+            checked=True,
         ),
     )
 
