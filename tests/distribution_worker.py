@@ -55,7 +55,7 @@ from conftest import Batches  # noqa: E402
 from conftest import make_cnn  # noqa: E402
 
 import keras_tac  # noqa: E402
-from keras_tac.src import features  # noqa: E402
+from keras_tac.src import feature_graph  # noqa: E402
 
 MODES = {
     "cached": dict(train_base=False, cache_features=True),
@@ -240,7 +240,7 @@ def run(mode, distributed, data, workdir):
         if kind is not None:
             # A new feature extractor, so that its step is traced (and its
             # placement recorded) in this phase, not reused from `fit`.
-            features._EXTRACTORS.pop(tac, None)
+            feature_graph._GRAPH_MODELS.pop(tac, None)
             with phase(prefix + "scorers"):
                 scorer = keras_tac.scores.MahalanobisDistance()
                 keras_tac.scores.fit_scorers(

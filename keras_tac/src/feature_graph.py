@@ -16,6 +16,7 @@ returning only `keys`: what `predict_with_rejection`, `calibrate` and the
 feature extractor run, so only the outputs they read leave the device.
 """
 
+import contextlib
 import weakref
 
 import keras
@@ -119,11 +120,14 @@ def symbolic_inputs(tac):
 _GRAPH_MODELS = weakref.WeakKeyDictionary()
 
 
-def graph_model(tac, keys):
+def graph_model(tac, keys, distributed=True):
     """The TAC model's forward pass as a functional model with outputs
     `keys` (a tuple of output names of `TACModel.call`, plus `"pooled_<i>"`
     and `"inner_products"`). Built once per model and keys; its compiled
-    function follows the TAC model's `jit_compile`.
+    function follows the TAC model's `jit_compile`. With `distributed`, in
+    the TAC model's `tf.distribute` scope (its `predict` splits batches
+    over the replicas); without, on one replica (for `predict_on_batch`
+    of whole batches, as the feature passes run).
 
     Example:
 
@@ -133,10 +137,10 @@ def graph_model(tac, keys):
     """
     keys = tuple(keys)
     models = _GRAPH_MODELS.setdefault(tac, {})
-    model = models.get(keys)
+    model = models.get((keys, distributed))
     if model is None:
-        with distribution.strategy_scope(tac):
-            model = models[keys] = _build(tac, keys)
+        with distribution.strategy_scope(tac) if distributed else _no_scope():
+            model = models[(keys, distributed)] = _build(tac, keys)
     if model.jit_compile != tac.jit_compile:
         model.jit_compile = tac.jit_compile
         model.predict_function = None
@@ -166,3 +170,7 @@ def _build(tac, keys):
     return keras.Model(
         inputs, {key: outputs[key] for key in keys}, name="tac_graph"
     )
+
+
+def _no_scope():
+    return contextlib.nullcontext()

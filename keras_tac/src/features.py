@@ -95,7 +95,7 @@ class FeatureExtractor:
             if self.combined:
                 keys += ["confidence", "confidence_parts"]
         # The TAC model's own graph (`feature_graph`), with these outputs.
-        self.model = feature_graph.graph_model(tac, keys)
+        self.model = feature_graph.graph_model(tac, keys, distributed=False)
 
     @classmethod
     def of(cls, tac, pooled_only=False):

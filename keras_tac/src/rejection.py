@@ -111,8 +111,12 @@ def finite_per_sample(inputs):
             flags = ops.all(flags, axis=tuple(range(1, len(flags.shape))))
         finite = flags if finite is None else ops.logical_and(finite, flags)
     if finite is None:
+        # No float input (token ids): every sample is finite. Shaped from
+        # the input, so that it also builds on symbolic inputs.
         first = keras.tree.flatten(inputs)[0]
-        finite = ops.ones((ops.shape(first)[0],), dtype="bool")
+        finite = ops.ones_like(first, dtype="bool")
+        if len(finite.shape) > 1:
+            finite = ops.all(finite, axis=tuple(range(1, len(finite.shape))))
     return finite
 
 
