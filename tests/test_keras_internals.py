@@ -151,6 +151,22 @@ class TestPrintMsg:
 @pytest.mark.skipif(
     not ON_JAX, reason="Keras's JAX trainer exists on the JAX backend only"
 )
+class TestInTfGraph:
+    def test_eager_is_not_a_graph(self):
+        assert keras_internals.in_tf_graph() is False
+
+    def test_inside_a_tf_data_map(self):
+        tf = pytest.importorskip("tensorflow")
+        seen = []
+
+        def record(x):
+            seen.append(keras_internals.in_tf_graph())
+            return x
+
+        list(tf.data.Dataset.range(2).map(record))
+        assert seen == [True]
+
+
 class TestInboundLayers:
     def test_the_layers_an_add_consumes(self):
         inputs = keras.Input((4,))

@@ -12,6 +12,8 @@ public Keras APIs only.
   not always it).
 - `inbound_layers`: the layers whose outputs a layer of a Functional model
   consumes, from its input tensors' `_keras_history`.
+- `in_tf_graph`: whether a TensorFlow graph is being traced, as Keras's
+  preprocessing layers ask before choosing their backend.
 - `print_msg`: Keras's own progress-message printer, which respects
   `keras.config.disable_interactive_logging()` (then logs via absl).
 """
@@ -53,6 +55,15 @@ def inbound_layers(layer):
         if history:
             layers.append(history[0])
     return layers
+
+
+def in_tf_graph():
+    """True while tracing a TensorFlow graph (a `tf.data` map or a
+    `tf.function`), whatever the Keras backend: preprocessing layers then
+    compute with TensorFlow."""
+    from keras.src.utils import backend_utils
+
+    return backend_utils.in_tf_graph()
 
 
 def print_msg(message):

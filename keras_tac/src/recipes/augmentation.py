@@ -18,6 +18,7 @@ import math
 import keras
 from keras import ops
 
+from keras_tac.src import keras_internals
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 
@@ -492,9 +493,7 @@ class ReferenceRandAugment(keras.layers.RandAugment):
     def _switch_backend(self):
         # As Keras's `RandAugment`: inside a tf.data graph, compute with
         # TensorFlow whatever the Keras backend.
-        from keras.src.utils import backend_utils
-
-        if backend_utils.in_tf_graph():
+        if keras_internals.in_tf_graph():
             self.backend.set_backend("tensorflow")
         return self.backend
 
