@@ -292,7 +292,6 @@ class _HeadTrainer(keras.Model):
         # of this model.
         self.tac = weakref.ref(tac)
         self.head = tac.head
-        self.confidence_layer = None
         # The code noise's random state, threaded through compiled steps.
         self.seed_generator = tac.seed_generator
         self.base_accuracy_tracker = keras.metrics.Mean(name="base_accuracy")
@@ -317,7 +316,11 @@ class _HeadTrainer(keras.Model):
         pooled = [features[tap_key(i)] for i in range(num_taps)]
         # The head only: the confidence needs no training.
         return feature_graph.head_outputs(
-            self, features[BASE_OUTPUT_KEY], pooled, training
+            self.tac(),
+            features[BASE_OUTPUT_KEY],
+            pooled,
+            training,
+            confidence=False,
         )
 
     def compute_loss(

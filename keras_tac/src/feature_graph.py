@@ -73,8 +73,10 @@ def pooled_taps(tac, inputs, training=False):
     return tapped[0], tac.head.pool(taps)
 
 
-def head_outputs(tac, base_output, pooled, training=False):
-    """The TAC model's outputs from the base output and the pooled taps.
+def head_outputs(tac, base_output, pooled, training=False, confidence=True):
+    """The TAC model's outputs from the base output and the pooled taps;
+    without `confidence`, TAC's own score stands as `"confidence"` (what
+    the head trains on, in the cached fit).
 
     Returns:
         A dict with `"base_output"`, `"pooled"` (the list of pooled taps),
@@ -95,7 +97,7 @@ def head_outputs(tac, base_output, pooled, training=False):
         "tac_prediction": head["tac_prediction"],
         "tac_confidence": head["tac_confidence"],
     }
-    if tac.confidence_layer is not None:
+    if confidence and tac.confidence_layer is not None:
         combined = tac.confidence_layer(
             base_output,
             head["pooled"],
@@ -139,7 +141,8 @@ def graph_model(tac, keys, distributed=True):
     models = _GRAPH_MODELS.setdefault(tac, {})
     model = models.get((keys, distributed))
     if model is None:
-        with distribution.strategy_scope(tac) if distributed else _no_scope():
+        scope = distribution.strategy_scope if distributed else _no_scope
+        with scope(tac):
             model = models[(keys, distributed)] = _build(tac, keys)
     if model.jit_compile != tac.jit_compile:
         model.jit_compile = tac.jit_compile
@@ -172,5 +175,5 @@ def _build(tac, keys):
     )
 
 
-def _no_scope():
+def _no_scope(tac):
     return contextlib.nullcontext()

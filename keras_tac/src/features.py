@@ -1,10 +1,10 @@
 """Per-input features of a TAC model, one forward pass per batch.
 
-`FeatureExtractor` wraps the model's `tap_model` (which shares the base's
-weights) in a functional model that pools each tap and runs the TAC head on
-the pooled taps, so only small per-input vectors leave it: the base head's
-output, each tap's pooled activation, the profile, the code distances and
-inner products. The feature cache of `TACModel.fit` and every confidence
+`FeatureExtractor` runs the TAC model's own forward pass as a graph model
+(`keras_tac.src.feature_graph.graph_model`, sharing the base's weights)
+with only small per-input vectors as outputs: the base head's output, each
+tap's pooled activation, the profile, the code distances and inner
+products. The feature cache of `TACModel.fit` and every confidence
 scorer read these, through the same padded batch loop.
 """
 

@@ -217,14 +217,10 @@ def calibrate(
         `"risk_bound"` and `"delta"` with those targets, and with `y` the
         base head's `"accuracy"` and `"selective_accuracy"`.
     """
-    targets = {
-        "target_coverage": target_coverage,
-        "target_tpr": target_tpr,
-        "target_risk": target_risk,
-        "delta": delta,
-    }
     model_inputs.check_data(model, x, None, "calibrate", True)
-    kind, target, delta = calibration_target(**targets)
+    kind, target, delta = calibration_target(
+        target_coverage, target_tpr, target_risk, delta
+    )
     if kind == "risk" and y is None:
         raise ValueError(
             "`target_risk` needs labels: pass `y` (integer labels of the "

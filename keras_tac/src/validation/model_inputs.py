@@ -39,14 +39,7 @@ def check_inputs(
         if not is_array_like(array):
             array = np.asarray(array)
         shape = tuple(array.shape)
-        if len(shape) != len(expected) or any(
-            want is not None and want != got
-            for want, got in zip(expected[1:], shape[1:])
-        ):
-            raise ValueError(
-                f"Invalid input to `{where}`: expected shape {expected} "
-                f"(None = any size). Received shape {shape}"
-            )
+        _check_shape(shape, expected, where)
         if shape[0] == 0:
             raise ValueError(
                 f"Invalid input to `{where}`: received an empty batch of "
@@ -247,12 +240,17 @@ def check_tensors(model, inputs):
             f"{len(tensors)}"
         )
     for tensor, expected in zip(tensors, model.input_shapes):
-        shape = tuple(tensor.shape)
-        if len(shape) != len(expected) or any(
-            isinstance(want, int) and isinstance(got, int) and want != got
-            for want, got in zip(expected[1:], shape[1:])
-        ):
-            raise ValueError(
-                f"Invalid input to `{where}`: expected shape {expected} "
-                f"(None = any size). Received shape {shape}"
-            )
+        _check_shape(tuple(tensor.shape), expected, where)
+
+
+def _check_shape(shape, expected, where):
+    """Rank and every size `expected` fixes; a size unknown while tracing
+    (None, or a symbolic size) passes."""
+    if len(shape) != len(expected) or any(
+        isinstance(want, int) and isinstance(got, int) and want != got
+        for want, got in zip(expected[1:], shape[1:])
+    ):
+        raise ValueError(
+            f"Invalid input to `{where}`: expected shape {expected} "
+            f"(None = any size). Received shape {shape}"
+        )
