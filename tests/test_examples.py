@@ -83,3 +83,26 @@ def test_saved_model_loads_and_predicts():
     assert 0.8 < out["accepted"].mean() <= 1.0
     # Accepted inputs are answered more accurately than all inputs.
     assert correct[out["accepted"]].mean() >= correct.mean()
+
+
+@pytest.mark.slow
+def test_mnist_guarantees():
+    import re
+
+    stdout = run_example("mnist_guarantees.py", "--quick")
+    rows = re.findall(
+        r"^\| (0\.5|1|2)% \| (LTT|SGR) \| ([^|]+) \|.*\| ([^|]+) \|$",
+        stdout,
+        re.MULTILINE,
+    )
+    assert len(rows) == 6, stdout[-3000:]
+    for _, _, coverage, note in rows:
+        # Certified (a test coverage), or refused with what would help.
+        assert coverage.strip() == "infeasible" or float(coverage) > 0
+        if coverage.strip() == "infeasible":
+            assert "needed" in note or "above the target" in note
+    for figure in ("false discovery rate", "power"):
+        assert f"| {figure} |" in stdout
+    # LTT vs SGR at three targets, Benjamini-Hochberg's FDR and power
+    # (examples/mnist_guarantees.py), plus the risk of each certified row.
+    assert_promises_hold(stdout, at_least=5)

@@ -38,7 +38,7 @@ NO_SAVED_MODEL = (
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SERVING_MODULE = os.path.abspath(serving.__file__)
 INTS = ("prediction", "tac_prediction")
-FLOATS = ("confidence", "tac_confidence", "probabilities")
+FLOATS = ("confidence", "tac_confidence", "probabilities", "p_value")
 # Rows of the batch of 17 holding a NaN and an infinity.
 NAN_ROW, INF_ROW = 3, 11
 
@@ -139,6 +139,9 @@ def assert_matches(outputs, reference):
     if rows == 17:
         finite[[NAN_ROW, INF_ROW]] = False
         assert not accepted[[NAN_ROW, INF_ROW]].any()
+        np.testing.assert_array_equal(
+            np.asarray(outputs["p_value"])[[NAN_ROW, INF_ROW]], 0.0
+        )
     for name in INTS:
         value = np.asarray(outputs[name])
         assert value.dtype.kind == "i", (name, value.dtype)
@@ -150,6 +153,10 @@ def assert_matches(outputs, reference):
         # terms of float32 distances over hundreds of features: compiled
         # and eager programs differ by up to ~3e-4 there (JAX).
         tolerance = 1e-3 if name == "confidence" else 1e-5
+        if name == "p_value":
+            # A step of 1 / (n + 1) per held-out confidence crossed: those
+            # 1e-3 may cross one or two.
+            tolerance = 0.015
         np.testing.assert_allclose(
             value[finite],
             reference[name][finite],
@@ -335,6 +342,33 @@ class TestExportOptions:
         assert reference["accepted"].sum() == 4
         # The head ends in a softmax: probabilities are its output as is.
         reference["probabilities"] = tac.predict(x, verbose=0)["base_output"]
+        assert_matches(served, reference)
+
+    def test_per_class_thresholds_and_p_values_are_exported(
+        self, digits, trained_cnn_weights, tmp_path
+    ):
+        tac = calibrated_tac(digits, trained_cnn_weights)
+        x_test = digits[1][0]
+        summary = tac.calibrate(
+            x_test[:150], target_coverage=0.8, per_class=True, verbose=0
+        )
+        path = _artifact_path(str(tmp_path))
+        tac.export(path, format=FORMAT, verbose=False)
+        signature = _run_in_process(path)
+        batch = x_test[150:230]
+        served = signature.fn(**{next(iter(signature.inputs)): batch})
+        reference = tac.predict_with_rejection(batch, verbose=0)
+        logits = tac.predict(batch, verbose=0)["base_output"]
+        reference["probabilities"] = keras.ops.convert_to_numpy(
+            keras.ops.softmax(logits, axis=-1)
+        )
+        # The oracle of the decision: each input's predicted class's
+        # threshold, from calibrate's summary.
+        thresholds = summary["class_thresholds"].astype("float32")
+        np.testing.assert_array_equal(
+            reference["accepted"],
+            reference["confidence"] >= thresholds[reference["prediction"]],
+        )
         assert_matches(served, reference)
 
     def test_uncalibrated_model_needs_a_threshold(self, tmp_path):

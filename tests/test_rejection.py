@@ -126,54 +126,6 @@ class TestCheckThreshold:
         assert "Received: threshold=" in message
 
 
-class TestCalibrationTarget:
-    @pytest.mark.parametrize(
-        "targets,expected",
-        [
-            ({}, ("coverage", 0.9, None)),
-            ({"target_coverage": 1.0}, ("coverage", 1.0, None)),
-            ({"target_coverage": 0.5}, ("coverage", 0.5, None)),
-            ({"target_tpr": 0.95}, ("tpr", 0.95, None)),
-            ({"target_risk": 0.1}, ("risk", 0.1, 0.05)),
-            ({"target_risk": 0.1, "delta": 0.01}, ("risk", 0.1, 0.01)),
-        ],
-    )
-    def test_valid(self, targets, expected):
-        assert rejection.calibration_target(**targets) == expected
-
-    @pytest.mark.parametrize(
-        "targets,fragments",
-        [
-            (
-                {"target_coverage": 0.9, "target_tpr": 0.9},
-                ["at most one", "target_coverage", "target_tpr"],
-            ),
-            (
-                {"target_tpr": 0.9, "target_risk": 0.1},
-                ["at most one", "target_tpr", "target_risk"],
-            ),
-            ({"delta": 0.1}, ["`delta`", "target_risk=None"]),
-            (
-                {"target_coverage": 0.9, "delta": 0.1},
-                ["`delta`", "target_risk=None"],
-            ),
-            ({"target_coverage": 0.0}, ["`target_coverage`", "(0, 1]"]),
-            ({"target_coverage": 1.5}, ["`target_coverage`", "(0, 1]"]),
-            ({"target_coverage": True}, ["`target_coverage`"]),
-            ({"target_tpr": -0.1}, ["`target_tpr`", "(0, 1]"]),
-            ({"target_risk": 1.0}, ["`target_risk`", "(0, 1)"]),
-            ({"target_risk": 0.0}, ["`target_risk`", "(0, 1)"]),
-            ({"target_risk": 0.1, "delta": 1.0}, ["`delta`", "(0, 1)"]),
-            ({"target_risk": 0.1, "delta": "a"}, ["`delta`"]),
-        ],
-    )
-    def test_refused(self, targets, fragments):
-        with pytest.raises(ValueError) as error:
-            rejection.calibration_target(**targets)
-        for fragment in fragments:
-            assert fragment in str(error.value)
-
-
 def tac_with_statistics(score, rng):
     """A TAC model on `make_cnn`; with `score="combined"`, its training
     statistics fitted on random inputs drawn from `rng`."""

@@ -115,6 +115,10 @@ def test_v0_2_files_load_and_answer_the_same(saved_on):
         finite = expected["output_input_is_finite"]
         assert not finite.all()
         assert not decided["accepted"][~finite].any()
+        # Saved before the calibration record: one threshold, and no
+        # reference for p-values until it is calibrated again.
+        assert tac.class_thresholds is None
+        assert np.isnan(decided["p_value"]).all()
         for key, value in expected.items():
             source, _, name = key.partition("_")
             if source not in ("output", "decided"):

@@ -602,6 +602,7 @@ class TestRejection:
             "accepted",
             "tac_prediction",
             "tac_confidence",
+            "p_value",
         }
         assert (
             out["prediction"].dtype == np.int32

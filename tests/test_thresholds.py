@@ -135,17 +135,26 @@ def sgr_oracle(confidence, correct, target_risk, delta):
     return None
 
 
+SGR_KEYS = ("threshold", "risk_bound", "selective_risk", "coverage")
+SGR_KEYS += ("feasible",)
+
+
 def assert_matches_oracle(result, expected):
+    assert result["method"] == "sgr"
     if expected is None:
-        assert result == {
+        assert {key: result[key] for key in SGR_KEYS} == {
             "threshold": math.inf,
             "risk_bound": pytest.approx(math.nan, nan_ok=True),
             "selective_risk": pytest.approx(math.nan, nan_ok=True),
             "coverage": 0.0,
             "feasible": False,
         }
+        assert result["unmet"] == ("target_risk",)
+        assert result["message"].startswith("Cannot guarantee")
         return
     assert result["feasible"] is True
+    assert result["unmet"] == () and result["message"] == ""
+    assert result["needed_inputs"] is None
     assert result["threshold"] == expected["threshold"]
     assert result["coverage"] == expected["coverage"]
     assert result["selective_risk"] == pytest.approx(
@@ -160,7 +169,9 @@ class TestSGR(NumpyTests):
     def test_finds_a_guaranteed_threshold(self):
         confidence = np.arange(1000) / 1000
         correct = np.arange(1000) >= 100
-        result = thresholds.risk_threshold(confidence, correct, 0.05, 0.05)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.05, method="sgr"
+        )
         assert result["feasible"]
         accepted = confidence >= result["threshold"]
         assert result["coverage"] == accepted.mean()
@@ -198,7 +209,9 @@ class TestSGR(NumpyTests):
         # is 1 - (delta / H_n)^(1 / n), ~0.19 for n = 20 (above the target:
         # no candidate can do better) and ~0.073 for n = 60.
         confidence = np.random.default_rng(n).random(n)
-        result = thresholds.risk_threshold(confidence, np.ones(n, bool), 0.1)
+        result = thresholds.risk_threshold(
+            confidence, np.ones(n, bool), 0.1, method="sgr"
+        )
         harmonic = np.sum(1 / np.arange(1, n + 1))
         full_bound = 1 - (0.05 / harmonic) ** (1 / n)
         assert result["coverage"] == coverage
@@ -212,7 +225,9 @@ class TestSGR(NumpyTests):
     def test_all_correct_matches_oracle(self, n, delta):
         confidence = np.random.default_rng(n).random(n)
         correct = np.ones(n, bool)
-        result = thresholds.risk_threshold(confidence, correct, 0.1, delta)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.1, delta, method="sgr"
+        )
         expected = sgr_oracle(confidence, correct, 0.1, delta)
         assert_matches_oracle(result, expected)
         if n >= 60:
@@ -242,16 +257,21 @@ class TestSGR(NumpyTests):
         if levels:
             confidence = np.round(confidence * levels) / levels
         confidence[rng.random(n) < 0.03] = np.nan
-        result = thresholds.risk_threshold(confidence, correct, target, delta)
+        result = thresholds.risk_threshold(
+            confidence, correct, target, delta, method="sgr"
+        )
         expected = sgr_oracle(confidence, correct, target, delta)
         assert_matches_oracle(result, expected)
         # Not trivial: the feasible cases stop strictly inside the data.
         assert result["feasible"] == feasible
         assert 0.0 < result["coverage"] < 1.0 or not feasible
         # 0/1 integers are the same booleans.
-        assert thresholds.risk_threshold(
-            confidence, correct.astype(int), target, delta
-        ) == pytest.approx(result, nan_ok=True)
+        as_integers = thresholds.risk_threshold(
+            confidence, correct.astype(int), target, delta, method="sgr"
+        )
+        assert as_integers.keys() == result.keys()
+        for key in SGR_KEYS:
+            assert as_integers[key] == pytest.approx(result[key], nan_ok=True)
 
     def test_full_coverage_despite_wrong_top(self):
         # The 10 most confident inputs are wrong: every threshold above the
@@ -259,7 +279,9 @@ class TestSGR(NumpyTests):
         # meets the target, and the search starts there.
         confidence = np.arange(1000) / 1000
         correct = np.arange(1000) < 990
-        result = thresholds.risk_threshold(confidence, correct, 0.03)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.03, method="sgr"
+        )
         assert result["coverage"] == 1.0 and result["threshold"] == 0.0
         assert_matches_oracle(
             result, sgr_oracle(confidence, correct, 0.03, 0.05)
@@ -269,7 +291,9 @@ class TestSGR(NumpyTests):
         confidence = np.repeat([0.2, 0.5, 0.9], [100, 300, 300])
         correct = np.ones(700, bool)
         correct[:30] = False  # 30% wrong at 0.2
-        result = thresholds.risk_threshold(confidence, correct, 0.05)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.05, method="sgr"
+        )
         assert result["threshold"] == 0.5
         assert result["coverage"] == 600 / 700
         assert_matches_oracle(
@@ -279,7 +303,9 @@ class TestSGR(NumpyTests):
     def test_infeasible(self):
         confidence = np.linspace(0, 1, 50)
         correct = np.arange(50) % 2 == 0
-        result = thresholds.risk_threshold(confidence, correct, 0.01)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.01, method="sgr"
+        )
         assert not result["feasible"]
         assert result["threshold"] == np.inf and result["coverage"] == 0.0
         assert math.isnan(result["risk_bound"])
@@ -290,7 +316,9 @@ class TestSGR(NumpyTests):
             [np.arange(200) / 200, [np.nan, np.inf, -np.inf] * 10]
         )
         correct = np.ones(230, bool)
-        result = thresholds.risk_threshold(confidence, correct, 0.1)
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.1, method="sgr"
+        )
         # Every finite input, the non-finite ones in the denominator.
         assert result["feasible"] and result["coverage"] == 200 / 230
         assert result["threshold"] == 0.0
@@ -308,7 +336,7 @@ class TestSGR(NumpyTests):
             confidence = rng.random(n)
             correct = rng.random(n) >= 0.9 * (1 - confidence) ** 8
             result = thresholds.risk_threshold(
-                confidence, correct, target, delta
+                confidence, correct, target, delta, method="sgr"
             )
             if result["feasible"]:
                 true_risk = 0.1 * (1 - result["threshold"]) ** 8
@@ -359,8 +387,281 @@ class TestSGR(NumpyTests):
         ],
     )
     def test_binary_correct_accepted(self, correct):
-        result = thresholds.risk_threshold(np.arange(100.0), correct, 0.08)
+        result = thresholds.risk_threshold(
+            np.arange(100.0), correct, 0.08, method="sgr"
+        )
         assert result["threshold"] == 10.0 and result["coverage"] == 0.9
+
+
+def ltt_data(n, seed=0):
+    """Confidence ~ U(0, 1), wrong with probability 0.5 (1 - c)^4, a few
+    NaN confidences (never accepted)."""
+    rng = np.random.default_rng(seed)
+    confidence = rng.random(n)
+    correct = rng.random(n) >= 0.5 * (1 - confidence) ** 4
+    confidence[rng.random(n) < 0.01] = np.nan
+    return confidence, correct
+
+
+LTT_KEYS = {"threshold", "feasible", "coverage", "selective_risk", "method"}
+LTT_KEYS |= {"unmet", "needed_inputs", "message", "p_value", "num_tested"}
+LTT_KEYS |= {"num_testing_inputs"}
+
+
+class TestLearnThenTest(NumpyTests):
+    def test_result(self):
+        confidence, correct = ltt_data(2000)
+        result = thresholds.risk_threshold(confidence, correct, 0.05, 0.1)
+        assert set(result) == LTT_KEYS
+        assert result["method"] == "ltt" and result["feasible"] is True
+        assert result["unmet"] == () and result["message"] == ""
+        assert result["needed_inputs"] is None
+        assert result["num_testing_inputs"] == 1800
+        # Measured on all inputs, NaN confidences in the denominator.
+        accepted = confidence >= result["threshold"]
+        assert result["coverage"] == accepted.mean()
+        assert result["selective_risk"] == np.mean(~correct[accepted])
+        assert 0.6 < result["coverage"] < 0.99
+        assert 0 < result["p_value"] <= 0.1 / 3
+        assert result["num_tested"] >= 1
+        # Seeded: the same seed, the same split and result.
+        again = thresholds.risk_threshold(confidence, correct, 0.05, 0.1)
+        assert again == result
+        other = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.1, seed=1
+        )
+        assert other["threshold"] != result["threshold"]
+
+    def test_explicit_tuning_part(self):
+        # With `tuning`, all of `confidence` is tested: the p-value at the
+        # threshold is the binomial tail of the testing counts there.
+        confidence, correct = ltt_data(2000)
+        tuning = (confidence[:300], correct[:300])
+        result = thresholds.risk_threshold(
+            confidence[300:], correct[300:], 0.05, 0.1, tuning=tuning
+        )
+        assert result["num_testing_inputs"] == 1700
+        testing = confidence[300:] >= result["threshold"]
+        errors = np.sum(testing & ~correct[300:])
+        assert result["p_value"] == pytest.approx(
+            stats.binom.cdf(errors, testing.sum(), 0.05), rel=1e-9
+        )
+        assert result["p_value"] <= 0.1 / 3
+        finite = confidence[:300][np.isfinite(confidence[:300])]
+        assert finite.min() <= result["threshold"] <= finite.max()
+        # Measured on the tuning and testing inputs together.
+        accepted = confidence >= result["threshold"]
+        assert result["coverage"] == accepted.mean()
+
+    def test_confident_errors_do_not_stall_the_search(self):
+        # The 2% most confident inputs are all wrong: the highest
+        # thresholds fail, yet the starts placed from the tuning part find
+        # the thresholds below them.
+        n = 3000
+        confidence = np.arange(n) / n
+        correct = (np.arange(n) >= 300) & (np.arange(n) < n - 60)
+        result = thresholds.risk_threshold(confidence, correct, 0.05, 0.1)
+        assert result["feasible"] and result["coverage"] > 0.85
+        sgr = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.1, method="sgr"
+        )
+        assert result["coverage"] >= sgr["coverage"] - 0.01
+
+    def test_infeasible_needs_more_inputs(self):
+        # 100 inputs with the 10 least confident wrong: too few to certify
+        # a 1% risk. The estimate of the inputs needed, made of the same
+        # pattern, is enough.
+        def pattern(n):
+            return np.arange(n) / n, np.arange(n) >= n // 10
+
+        result = thresholds.risk_threshold(*pattern(100), 0.01)
+        assert result["feasible"] is False and result["threshold"] == math.inf
+        assert result["coverage"] == 0.0 and math.isnan(
+            result["selective_risk"]
+        )
+        assert math.isnan(result["p_value"])
+        assert result["unmet"] == ("target_risk",)
+        needed = result["needed_inputs"]
+        assert isinstance(needed, int) and needed > 100
+        for part in ("target_risk=0.01", "delta=0.05", "100 calibration"):
+            assert part in result["message"]
+        assert f"About {needed} calibration inputs" in result["message"]
+        assert thresholds.risk_threshold(*pattern(needed + 50), 0.01)[
+            "feasible"
+        ]
+        assert not thresholds.risk_threshold(*pattern(needed // 2), 0.01)[
+            "feasible"
+        ]
+
+    def test_infeasible_when_the_measured_risk_is_too_high(self):
+        confidence = np.linspace(0, 1, 400)
+        # 25% wrong everywhere, the most confident input too: no
+        # threshold has a measured risk below 10%.
+        correct = np.arange(400) % 4 != 3
+        for method in ("ltt", "sgr"):
+            result = thresholds.risk_threshold(
+                confidence, correct, 0.1, method=method
+            )
+            assert not result["feasible"] and result["needed_inputs"] is None
+            assert "would not help" in result["message"]
+
+    @pytest.mark.parametrize("method", ["ltt", "sgr"])
+    def test_target_coverage(self, method):
+        confidence, correct = ltt_data(3000, seed=1)
+        kwargs = {"method": method}
+        free = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.05 / 2, **kwargs
+        )
+        # Met: the threshold is at most the coverage-certified one.
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.05, target_coverage=0.5, **kwargs
+        )
+        assert result["feasible"] and result["unmet"] == ()
+        assert result["threshold"] == free["threshold"]
+        assert result["threshold"] <= thresholds.coverage_threshold(
+            confidence, 0.5, delta=0.05 / 2
+        )
+        # Each alone possible, not together.
+        result = thresholds.risk_threshold(
+            confidence, correct, 0.05, 0.05, target_coverage=0.95, **kwargs
+        )
+        assert not result["feasible"]
+        assert result["unmet"] == ("target_risk", "target_coverage")
+        assert "target_coverage=0.95" in result["message"]
+        # Too few inputs to guarantee 99% coverage.
+        result = thresholds.risk_threshold(
+            confidence[:50],
+            np.ones(50, bool),
+            0.5,
+            target_coverage=0.99,
+            **kwargs,
+        )
+        assert result["unmet"] == ("target_coverage",)
+        assert result["needed_inputs"] > 50
+
+    def test_hoeffding_bentkus(self):
+        # With an explicit tuning part all inputs are tested: the p-value
+        # at the threshold is Bates et al.'s, from the counts there.
+        confidence, correct = ltt_data(3000, seed=2)
+        tuning = (confidence[:300], correct[:300])
+        result = thresholds.risk_threshold(
+            confidence[300:],
+            correct[300:],
+            0.05,
+            0.1,
+            tuning=tuning,
+            p_value="hb",
+        )
+        assert result["feasible"] and result["coverage"] > 0.5
+        accepted = confidence[300:] >= result["threshold"]
+        n = accepted.sum()
+        risk = np.sum(accepted & ~correct[300:]) / n
+        h1 = risk * math.log(risk / 0.05) + (1 - risk) * math.log(
+            (1 - risk) / 0.95
+        )
+        expected = min(
+            math.exp(-n * h1),
+            math.e * stats.binom.cdf(round(n * risk), n, 0.05),
+        )
+        assert result["p_value"] == pytest.approx(expected, rel=1e-9)
+        assert result["p_value"] <= 0.1 / 3
+
+    @pytest.mark.parametrize(
+        "kwargs,match",
+        [
+            ({"method": "conformal"}, "method"),
+            ({"p_value": "bonferroni"}, "p_value"),
+            ({"method": "sgr", "p_value": "hb"}, "p_value"),
+            ({"method": "sgr", "tuning": ([0.5], [True])}, "tuning"),
+            ({"tuning": ([0.5, 0.6], [True])}, "tuning_correct"),
+            ({"tuning": [0.5, 0.6]}, "tuning"),
+            ({"tuning_fraction": 1.0}, "tuning_fraction"),
+            ({"num_starts": 0}, "num_starts"),
+            ({"seed": -1}, "seed"),
+            ({"target_coverage": 0.0}, "target_coverage"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            thresholds.risk_threshold(
+                [0.1, 0.2, 0.3], [True, False, True], 0.1, **kwargs
+            )
+        with pytest.raises(ValueError, match="at least 2"):
+            thresholds.risk_threshold([0.1], [True], 0.1)
+
+
+class TestGuaranteedCoverage(NumpyTests):
+    @pytest.mark.parametrize(
+        "n,target,delta", [(50, 0.5, 0.1), (200, 0.9, 0.05), (1000, 0.95, 0.01)]
+    )
+    def test_matches_beta_oracle(self, n, target, delta):
+        # Oracle: the smallest k with P(Beta(k, n + 1 - k) >= target) >=
+        # 1 - delta, found by a plain loop; the threshold is the k-th
+        # largest confidence, NaN counting as the lowest.
+        confidence = np.round(np.random.default_rng(n).random(n), 2)
+        confidence[:3] = np.nan
+        k = next(
+            k
+            for k in range(1, n + 1)
+            if stats.beta.sf(target, k, n + 1 - k) >= 1 - delta
+        )
+        ranked = np.sort(np.nan_to_num(confidence, nan=-np.inf))[::-1]
+        threshold = thresholds.coverage_threshold(confidence, target, delta)
+        assert threshold == ranked[k - 1]
+        # More than the measured threshold asks.
+        assert threshold <= thresholds.coverage_threshold(confidence, target)
+
+    def test_too_few_inputs(self):
+        # k = n works once 1 - c^n >= 1 - delta: n >= log(0.05) / log(0.9).
+        with pytest.raises(ValueError, match="at least 29 are needed"):
+            thresholds.coverage_threshold(np.arange(28.0), 0.9, delta=0.05)
+        assert thresholds.coverage_threshold(np.arange(29.0), 0.9, 0.05) == 0.0
+        with pytest.raises(ValueError, match="finite"):
+            thresholds.coverage_threshold(
+                [*range(100), *[np.nan] * 20], 0.8, delta=0.05
+            )
+        with pytest.raises(ValueError, match="delta"):
+            thresholds.coverage_threshold([1.0, 2.0], 0.5, delta=1.0)
+
+
+class TestNovelty(NumpyTests):
+    def test_conformal_p_values(self):
+        p = thresholds.conformal_p_values(
+            [1.0, 2.0, 2.0, 3.0, np.nan], [0.5, 2.0, 3.0, 9.0, np.nan, np.inf]
+        )
+        np.testing.assert_allclose(p, [0.2, 0.8, 1.0, 1.0, 0.0, 0.0])
+        assert thresholds.conformal_p_values([1.0], np.ones((2, 3))).shape == (
+            2,
+            3,
+        )
+        with pytest.raises(ValueError, match="no finite"):
+            thresholds.conformal_p_values([np.nan], [1.0])
+
+    def test_conformal_p_values_are_valid(self):
+        # P(p <= u) <= u for an exchangeable new score.
+        rng = np.random.default_rng(0)
+        scores = np.round(rng.random((20000, 20)), 1)
+        p = np.array(
+            [
+                thresholds.conformal_p_values(row[:-1], row[-1:])[0]
+                for row in scores[:4000]
+            ]
+        )
+        for u in (0.05, 0.1, 0.3):
+            assert np.mean(p <= u) <= u + 3 * math.sqrt(u / 4000)
+
+    def test_benjamini_hochberg(self):
+        assert thresholds.benjamini_hochberg([], 0.1).tolist() == []
+        assert thresholds.benjamini_hochberg([0.5, 0.01], 0.05).tolist() == [
+            False,
+            True,
+        ]
+        with pytest.raises(ValueError, match="NaN"):
+            thresholds.benjamini_hochberg([0.1, np.nan], 0.1)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            thresholds.benjamini_hochberg([0.1, 1.5], 0.1)
+        with pytest.raises(ValueError, match="alpha"):
+            thresholds.benjamini_hochberg([0.1], 1.0)
 
 
 @pytest.fixture
@@ -426,16 +727,22 @@ class TestCalibrate:
         # target on a grid whose threshold lies strictly inside the data.
         inside = []
         for target in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45):
-            result = thresholds.risk_threshold(confidence, correct, target, 0.1)
+            result = thresholds.risk_threshold(
+                confidence, correct, target, 0.1, method="sgr"
+            )
             if 0.0 < result["coverage"] < 1.0:
                 inside.append(target)
         assert inside, "no target gives a threshold inside the data"
         target = inside[0]
-        expected = thresholds.risk_threshold(confidence, correct, target, 0.1)
+        expected = thresholds.risk_threshold(
+            confidence, correct, target, 0.1, method="sgr"
+        )
         assert_matches_oracle(
             expected, sgr_oracle(confidence, correct, target, 0.1)
         )
-        summary = tac.calibrate(x, y, target_risk=target, delta=0.1, verbose=0)
+        summary = tac.calibrate(
+            x, y, target_risk=target, delta=0.1, method="sgr", verbose=0
+        )
         assert summary["threshold"] == expected["threshold"]
         assert tac.threshold == pytest.approx(expected["threshold"])
         assert summary["risk_bound"] == expected["risk_bound"]
@@ -491,9 +798,9 @@ class TestCalibrate:
     @pytest.mark.parametrize(
         "kwargs,match",
         [
-            ({"target_coverage": 0.9, "target_tpr": 0.9}, "at most one"),
-            ({"target_tpr": 0.9, "target_risk": 0.1}, "at most one"),
-            ({"delta": 0.1}, "only applies"),
+            ({"target_coverage": 0.9, "target_tpr": 0.9}, "alone"),
+            ({"target_tpr": 0.9, "target_risk": 0.1}, "alone"),
+            ({"delta": 0.1}, "applies with"),
             ({"target_risk": 0.1, "y": None}, "needs labels"),
             ({"target_tpr": 1.5}, "target_tpr"),
             ({"target_risk": 0.1, "delta": 2.0}, "delta"),

@@ -2,6 +2,7 @@
 turn them into confidences."""
 
 from keras_tac.src.layers.activation_profile import ActivationProfile
+from keras_tac.src.layers.calibration_record import CalibrationRecord
 from keras_tac.src.layers.code_matching import CodeMatching
 from keras_tac.src.layers.code_matching import code_distances
 from keras_tac.src.layers.combined_confidence import CombinedConfidence

@@ -31,7 +31,8 @@ def serving_outputs(model, inputs, threshold):
     Args:
         model: a `TACModel`.
         inputs: a batch in the structure of the base model's input.
-        threshold: float or float tensor broadcastable to `(batch,)`.
+        threshold: float or float tensor broadcastable to `(batch,)`, or
+            `None` for the model's per-class thresholds.
 
     Returns:
         A dict of tensors with one row per input: `"prediction"` (int32, the
@@ -39,12 +40,18 @@ def serving_outputs(model, inputs, threshold):
         `"tac_prediction"` (int32), `"tac_confidence"` (float32) and
         `"probabilities"` (float32, `(batch, num_classes)`: the softmax of
         the base head's logits, or the head's probabilities as they are when
-        it ends in a softmax).
+        it ends in a softmax) and `"p_value"` (float32, the conformal
+        p-value against `calibrate`'s held-out confidences).
     """
     outputs = model(inputs, training=False)
     confidence = ops.cast(outputs["confidence"], "float32")
+    if threshold is None:
+        threshold = rejection.stored_thresholds(model, outputs["prediction"])
     accepted = rejection.accept(
         confidence, outputs["input_is_finite"], threshold
+    )
+    p_value = model.calibration_record.p_values(
+        confidence, outputs["input_is_finite"]
     )
     base_output = ops.cast(outputs["base_output"], "float32")
     if model.base_outputs_probabilities:
@@ -58,6 +65,7 @@ def serving_outputs(model, inputs, threshold):
         "tac_prediction": ops.cast(outputs["tac_prediction"], "int32"),
         "tac_confidence": ops.cast(outputs["tac_confidence"], "float32"),
         "probabilities": probabilities,
+        "p_value": p_value,
     }
 
 
@@ -78,7 +86,8 @@ def export_tac_model(
         format: str. `"tf_saved_model"` (TensorFlow and JAX backends) or
             `"onnx"` (PyTorch backend). Defaults to `"tf_saved_model"`.
         threshold: float or `None`. The rejection threshold baked into the
-            artifact; `None` uses the one stored by `calibrate`. Defaults to
+            artifact; `None` uses the one(s) stored by `calibrate` (one per
+            class after `calibrate(..., per_class=True)`). Defaults to
             `None`.
         verbose: bool or `None`. Print the signatures (SavedModel) or the
             exporter's progress (ONNX). `None` means `True`, as in
@@ -146,7 +155,11 @@ def input_specs(model):
 
 
 def _resolve_threshold(model, threshold):
+    """The threshold to bake in: a float, or `None` for the model's
+    per-class thresholds (read from its weights by the artifact)."""
     if threshold is None:
+        if model.class_thresholds is not None:
+            return None
         threshold = model.threshold
         if threshold is None:
             raise ValueError(

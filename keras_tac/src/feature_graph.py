@@ -160,6 +160,12 @@ def _build(tac, keys):
     if wanted - set(outputs):
         outputs.update(head_outputs(tac, base_output, pooled))
         outputs["input_is_finite"] = rejection.finite_per_sample(inputs)
+        if "p_value" in wanted:
+            # Called as a layer, so that the graph reads its current
+            # reference scores, not those it was built with.
+            outputs["p_value"] = tac.calibration_record(
+                outputs["confidence"], outputs["input_is_finite"]
+            )
         if "inner_products" in wanted:
             outputs["inner_products"] = tac.head.code_matching.inner_products(
                 outputs["profile"]

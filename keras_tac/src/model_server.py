@@ -120,8 +120,8 @@ class TACServingModel(kserve.Model):
 
     KServe decodes each request (a dict for V1, an `InferRequest` for V2)
     and calls `predict`, which answers `prediction`, `confidence`,
-    `accepted`, `tac_prediction`, `tac_confidence` and `probabilities`,
-    as `TACModel.predict_with_rejection` does. A `threshold` request
+    `accepted`, `tac_prediction`, `tac_confidence`, `probabilities` and
+    `p_value`, as `TACModel.predict_with_rejection` does. A `threshold` request
     parameter (`{"parameters": {"threshold": t}}`, in V1 and V2 bodies)
     overrides the exported one. Inputs must be finite: JSON has no NaN, and
     a V2 binary tensor holding one is refused (HTTP 400).

@@ -39,6 +39,7 @@ SERVING_OUTPUTS = (
     "tac_prediction",
     "tac_confidence",
     "probabilities",
+    "p_value",
 )
 
 Signature = collections.namedtuple(

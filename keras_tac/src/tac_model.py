@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import calibration
 from keras_tac.src import codes as codes_lib
 from keras_tac.src import feature_cache
 from keras_tac.src import feature_graph
@@ -16,6 +17,7 @@ from keras_tac.src import training as training_lib
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.frozen_base import FrozenBaseMixin
+from keras_tac.src.layers.calibration_record import CalibrationRecord
 from keras_tac.src.layers.combined_confidence import CombinedConfidence
 from keras_tac.src.layers.tac_head import SCORES
 from keras_tac.src.layers.tac_head import TACHead
@@ -94,8 +96,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
     >>> _ = tac.fit(x, y, epochs=1, verbose=0)
     >>> _ = tac.calibrate(x, target_coverage=0.9, verbose=0)
     >>> out = tac.predict_with_rejection(x, verbose=0)
-    >>> sorted(out)
-    ['accepted', 'confidence', 'prediction', 'tac_confidence', 'tac_prediction']
+    >>> sorted(out)  # doctest: +NORMALIZE_WHITESPACE
+    ['accepted', 'confidence', 'p_value', 'prediction', 'tac_confidence',
+     'tac_prediction']
 
     Reference:
         [Monteiro et al., 2023](https://arxiv.org/abs/2208.14488)
@@ -162,6 +165,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
             confidence, score, self.num_classes, self.head
         )
         self.rejection_threshold = rejection.threshold_variable(self)
+        self.calibration_record = CalibrationRecord(
+            self.num_classes, name="calibration_record"
+        )
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.tac_loss = model_parts.loss(
             loss,
@@ -201,6 +207,12 @@ class TACModel(FrozenBaseMixin, keras.Model):
         """The stored rejection threshold, or `None` before `calibrate`."""
         value = float(ops.convert_to_numpy(self.rejection_threshold))
         return None if math.isnan(value) else value
+
+    @property
+    def class_thresholds(self):
+        """The stored per-class thresholds (NumPy `(num_classes,)`), or
+        `None` unless calibrated with `per_class=True`."""
+        return self.calibration_record.per_class
 
     def call(self, inputs, training=False):
         model_inputs.check_tensors(self, inputs)
@@ -271,6 +283,8 @@ class TACModel(FrozenBaseMixin, keras.Model):
             )
         statistics.fit_statistics(self, x, y, batch_size, verbose)
         self.rejection_threshold.assign(float("nan"))
+        self.calibration_record.set_class_thresholds(None)
+        self.calibration_record.set_reference_scores([])
 
     def calibrate(
         self,
@@ -281,11 +295,15 @@ class TACModel(FrozenBaseMixin, keras.Model):
         verbose="auto",
         **targets,
     ):
-        """Picks and stores the rejection threshold on held-out data `x`
-        (optional labels `y`) for one target: `target_coverage` (default
-        0.9), `target_tpr`, or `target_risk` with `delta`
-        (`keras_tac.rejection.calibrate`). Returns a summary dict."""
-        return rejection.calibrate(
+        """Picks and stores the rejection threshold(s) on held-out data
+        `x` (optional labels `y`): `target_coverage` (default 0.9),
+        `target_tpr`, or guarantees: `target_risk` and/or
+        `target_coverage` with `delta`, `method="ltt"` (default) or
+        `"sgr"`; `per_class=True` for one threshold per predicted class
+        (`keras_tac.src.calibration.calibrate`). Also stores the held-out
+        confidences behind `predict_with_rejection`'s `"p_value"`.
+        Returns a summary dict."""
+        return calibration.calibrate(
             self, x, y, batch_size, verbose, target_coverage, **targets
         )
 
@@ -293,9 +311,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
         self, x, threshold=None, batch_size=None, verbose="auto"
     ):
         """Predicts and decides, for each input, to accept or reject:
-        `"prediction"`, `"confidence"`, `"accepted"`, `"tac_prediction"`
-        and `"tac_confidence"`, NumPy arrays with a row per input.
-        `threshold=None` uses the calibrated one; non-finite inputs are
+        `"prediction"`, `"confidence"`, `"accepted"`, `"tac_prediction"`,
+        `"tac_confidence"` and `"p_value"` (conformal, against the held-out
+        confidences of `calibrate`), NumPy arrays with a row per input.
+        `threshold=None` uses the calibrated one(s); non-finite inputs are
         never accepted (`keras_tac.rejection.accept`)."""
         return rejection.predict_with_rejection(
             self, x, threshold, batch_size, verbose
