@@ -1,5 +1,7 @@
 """`CalibrationRecord`: per-class thresholds and conformal p-values, against
-NumPy by hand and crepes' conformal p-values."""
+NumPy by hand (crepes checks the NumPy p-values in
+tests/test_thresholds_peers.py; this module also runs on the oldest Keras,
+without the test-only peers)."""
 
 import os
 
@@ -40,24 +42,6 @@ class TestPValues:
             p, p_value_oracle(reference, scores), rtol=1e-6
         )
         assert p[-2] == pytest.approx(1 / 301) and p[-1] == 1.0
-
-    def test_against_crepes(self):
-        # crepes' p-values without smoothing: (#{alphas >= alpha} + 1) /
-        # (n + 1) on non-conformity scores, our confidences negated.
-        from crepes.base import p_values_batch
-
-        rng = np.random.default_rng(1)
-        reference = np.round(rng.normal(size=200), 1).astype("float32")
-        scores = np.round(rng.normal(size=40), 1).astype("float32")
-        record = layers.CalibrationRecord(num_classes=2)
-        record.set_reference_scores(reference)
-        ours = to_numpy(record.p_values(scores, np.ones(40, bool)))
-        theirs = p_values_batch(
-            -reference.astype("float64"),
-            -scores.astype("float64"),
-            smoothing=False,
-        )
-        np.testing.assert_allclose(ours, np.ravel(theirs), rtol=1e-6)
 
     def test_non_finite_inputs_and_confidences_get_zero(self):
         record = layers.CalibrationRecord(num_classes=2)
