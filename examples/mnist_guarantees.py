@@ -77,7 +77,7 @@ HYPERPARAMETERS = dict(
 # mnist_rejection's quick run holds out 240 digits: too few to certify
 # anything. This one takes 2,000 training digits (1,000 to fit, 1,000 held
 # out) and 1,000 test digits.
-QUICK = dict(mnist_rejection.QUICK, max_samples=2000)
+QUICK = dict(mnist_rejection.QUICK, max_samples=2000, base_epochs=4)
 METHODS = ("ltt", "sgr")
 # Standard errors of sampling noise a measured figure may exceed its
 # promised bound by. A promise on the true (population) value is checked
@@ -299,13 +299,16 @@ finite test set, so each allows the sampling noise of that set:
   its expectation. Checked: at most `q` plus three binomial standard
   errors of a proportion `q` over the flagged count.
 - Most photos are flagged (power at least `MIN_POWER`): the photos'
-  confidences are below the held-out digits' in every run of
-  `mnist_rejection.py` (its OOD AUROC is above 0.99), so they get the
-  smallest p-value, `1 / (n + 1)`, far below Benjamini-Hochberg's cut.
-  A confidence that learned nothing flags none.
+  confidences are below nearly all held-out digits' (TAC's OOD AUROC on
+  them is above 0.99 in every run of `mnist_rejection.py`), so their
+  p-values are near the smallest, `1 / (n + 1)`, below
+  Benjamini-Hochberg's cut. Seed 0 flagged 94% to 100% of the photos in
+  the quick runs on the three backends (94% with a 2-epoch base), 100%
+  in the full run. A confidence that learned nothing gives the photos
+  uniform p-values, and Benjamini-Hochberg then flags almost none.
 """
 
-MIN_POWER = 0.9
+MIN_POWER = 0.8
 
 
 def binomial_margin(rate, count):

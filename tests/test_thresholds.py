@@ -493,6 +493,26 @@ class TestLearnThenTest(NumpyTests):
             "feasible"
         ]
 
+    def test_needed_inputs_are_more_than_given(self):
+        # The estimate is a total that would be feasible: above the count
+        # that was not (a bisection that moved settled entries once gave
+        # 1,000 for 1,000 inputs).
+        rng = np.random.default_rng(0)
+        checked = 0
+        for _ in range(150):
+            n = int(rng.integers(50, 1500))
+            confidence = rng.random(n)
+            slope = rng.uniform(1, 6)
+            wrong = rng.random(n) < 0.3 * (1 - confidence) ** slope
+            target = float(rng.choice([0.005, 0.01, 0.02, 0.05]))
+            result = thresholds.risk_threshold(
+                confidence, ~wrong, target, delta=0.1
+            )
+            if not result["feasible"] and result["needed_inputs"]:
+                checked += 1
+                assert result["needed_inputs"] > n, (n, target)
+        assert checked >= 20
+
     def test_infeasible_when_the_measured_risk_is_too_high(self):
         confidence = np.linspace(0, 1, 400)
         # 25% wrong everywhere, the most confident input too: no

@@ -134,6 +134,9 @@ def choose_threshold(targets, confidence, correct, tuning=None):
     extra = {"delta": targets["delta"], "method": targets["method"]}
     if "risk_bound" in result:
         extra["risk_bound"] = result["risk_bound"]
+    if "p_value" in result:
+        # Learn-then-Test's p-value of "risk > target" at the threshold.
+        extra["risk_p_value"] = result["p_value"]
     if not result["feasible"]:
         return math.inf, extra, result["message"]
     return result["threshold"], extra, ""
@@ -276,7 +279,9 @@ def _tuning_mask(model, targets, count):
         return None
     rng = np.random.default_rng(SPLIT_SEED)
     tuning = np.zeros(count, bool)
-    tuning[rng.permutation(count)[: math.ceil(TUNING_FRACTION * count)]] = True
+    # At least 2: the combined confidence's spread needs two inputs.
+    size = min(max(math.ceil(TUNING_FRACTION * count), 2), count - 1)
+    tuning[rng.permutation(count)[:size]] = True
     return tuning
 
 
@@ -321,7 +326,11 @@ def _per_class_thresholds(
         if message:
             problems.append(f"class {label}: {message}")
         values[label] = threshold
-    extra = {key: value for key, value in extra.items() if key != "risk_bound"}
+    extra = {
+        key: value
+        for key, value in extra.items()
+        if key not in ("risk_bound", "risk_p_value")
+    }
     if problems:
         warnings.warn(
             "Some classes cannot meet the calibration targets and reject "

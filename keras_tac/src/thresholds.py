@@ -688,12 +688,15 @@ def _sgr(confidence, valid, correct, target_risk, delta):
 def _grid(scores, size):
     """`size` thresholds (fewer with ties), decreasing: the finite
     `scores`' quantiles at evenly spaced levels from 1 to 0, linearly
-    interpolated between the scores."""
+    interpolated between the scores, then `-inf` (accept every finite
+    input: full coverage is always a candidate, whatever the tuning part
+    holds)."""
     scores = scores[np.isfinite(scores)]
     if len(scores) == 0:
         return np.zeros(0)
     levels = np.linspace(0.0, 1.0, max(2, min(size, _MAX_GRID)))
-    return np.unique(np.quantile(scores, levels))[::-1]
+    grid = np.unique(np.quantile(scores, levels))[::-1]
+    return np.append(grid, -np.inf)
 
 
 def _counts(grid, confidence, correct):
@@ -709,10 +712,11 @@ def _counts(grid, confidence, correct):
 def _p_values(errors, accepted, alpha, kind):
     """Exact p-values of `R > alpha` from integer counts (1 where nothing
     is accepted)."""
-    errors = np.asarray(errors, np.float64)
-    accepted = np.asarray(accepted, np.float64)
+    errors = np.asarray(errors, np.int64)
+    accepted = np.asarray(accepted, np.int64)
     some = accepted > 0
-    safe = np.where(some, accepted, 1.0)
+    safe = np.where(some, accepted, 1)
+    # Integer counts: SciPy deprecates float ones in `bdtr`.
     binomial = special.bdtr(errors, safe, alpha)
     if kind == "hb":
         binomial = np.minimum(
@@ -917,11 +921,14 @@ def _smallest_total(passes, start, size):
     # `low` fails (or is below `start`); unreachable ones are left alone.
     low = np.where(high == start, start - 1.0, high / 2)
     low = np.where(ok, low, high)
-    while np.any(high - low > 1):
+    active = high - low > 1
+    while active.any():
+        # Only the unsettled entries move: a settled `high` stays >= start.
         middle = np.floor((low + high) / 2)
         good = passes(middle)
-        high = np.where(good, middle, high)
-        low = np.where(good, low, middle)
+        high = np.where(active & good, middle, high)
+        low = np.where(active & ~good, middle, low)
+        active = high - low > 1
     return np.where(ok, high, np.inf)
 
 
