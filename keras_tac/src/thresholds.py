@@ -20,7 +20,7 @@ Three ways to pick `t`:
   (Angelopoulos et al., 2021) by default, or Geifman & El-Yaniv's selection
   with guaranteed risk (SGR).
 
-And two tools for flagging novel inputs one at a time: `conformal_p_values`
+And two tools for flagging novel inputs: `conformal_p_values`
 (how unusual each confidence is among calibration confidences) and
 `benjamini_hochberg` (which of many p-values to flag at a false discovery
 rate).
@@ -224,7 +224,9 @@ def risk_threshold(
     - the grid: quantiles of the finite tuning confidences at evenly
       spaced levels (linearly interpolated between them; one more than
       the testing inputs, at most 1000), ordered from the highest
-      (conservative) to the lowest (liberal) threshold;
+      (conservative) to the lowest (liberal) threshold, then `-inf`
+      (accept every finite input), so that full coverage is always a
+      candidate;
     - up to `num_starts` starting points: the p-values predicted on the
       tuning counts rescaled to the testing size say where the test will
       likely reject at level `delta / num_starts`; the first start is the
