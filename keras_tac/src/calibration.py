@@ -224,7 +224,8 @@ def calibrate(
     confidence = np.where(valid, confidence, np.nan)
     correct = None if labels is None else outputs["prediction"] == labels
     if per_class:
-        threshold, class_thresholds, extra = _per_class_thresholds(
+        threshold = None
+        class_thresholds, extra = _per_class_thresholds(
             model, targets, confidence, correct, outputs["prediction"], tuning
         )
     else:
@@ -342,7 +343,7 @@ def _per_class_thresholds(
             for label in range(model.num_classes)
             if values[label] == math.inf
         ]
-    return None, values, extra
+    return values, extra
 
 
 def _calibrated_combined(model, outputs, tuning):
