@@ -371,6 +371,47 @@ class TestExportOptions:
         )
         assert_matches(served, reference)
 
+    def test_unnamed_input_is_exported_as_input(self, tmp_path):
+        # Unnamed inputs made earlier in the session push Keras's counter
+        # (input_layer_1, ...); the artifact's name must not depend on it.
+        keras.Input((3,))
+        base = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(6, activation="relu", name="features"),
+                keras.layers.Dense(3, name="head"),
+            ]
+        )
+        layer_name = base.inputs[0]._keras_history.operation.name
+        assert layer_name != "input_layer"  # the counter moved
+        tac = keras_tac.TACModel(base, tap_layers=["features"])
+        path = _artifact_path(str(tmp_path))
+        tac.export(path, format=FORMAT, threshold=0.0, verbose=False)
+        signature = _run_in_process(path)
+        assert signature.inputs == {"input": ("float32", (None, 4))}
+
+    def test_serving_input_names(self):
+        def base(inputs):
+            merged = keras.layers.Concatenate()(inputs)
+            hidden = keras.layers.Dense(4, name="features")(merged)
+            return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+        names = export_lib.serving_input_names
+        named = [keras.Input((2,), name="image"), keras.Input((3,))]
+        tac = keras_tac.TACModel(base(named), tap_layers=["features"])
+        assert names(tac) == ["image", "input_1"]
+        unnamed = [keras.Input((2,)), keras.Input((3,))]
+        tac = keras_tac.TACModel(base(unnamed), tap_layers=["features"])
+        assert names(tac) == ["input_0", "input_1"]
+        clash = [keras.Input((2,), name="input_1"), keras.Input((3,))]
+        tac = keras_tac.TACModel(base(clash), tap_layers=["features"])
+        with pytest.raises(ValueError, match=r"repeat: \['input_1', "):
+            names(tac)
+        reserved = [keras.Input((2,), name="threshold"), keras.Input((3,))]
+        tac = keras_tac.TACModel(base(reserved), tap_layers=["features"])
+        with pytest.raises(ValueError, match="input named 'threshold'"):
+            names(tac)
+
     def test_uncalibrated_model_needs_a_threshold(self, tmp_path):
         tac = keras_tac.TACModel(make_cnn())
         path = _artifact_path(str(tmp_path))

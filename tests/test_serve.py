@@ -7,10 +7,14 @@ readiness and talks HTTP to it. Answers are compared with
 `predict_with_rejection` in this process.
 """
 
+import asyncio
 import json
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import keras
@@ -91,6 +95,7 @@ def server(digits, trained_cnn_weights, tmp_path_factory):
         "process": process,
         "port": int(url.rsplit(":", 1)[1]),
         "log": log_path,
+        "artifact": artifact,
         "batch": batch,
         "reference": reference,
         "threshold": threshold,
@@ -325,6 +330,191 @@ class TestPredict:
             assert_served(outputs, server["reference"])
 
 
+class TestStandardClients:
+    """Other people's clients, as their users would call them: Triton's
+    `tritonclient.http` (V2, JSON and binary tensors), KServe's
+    `InferenceRESTClient` (V1 and V2)."""
+
+    def triton(self, server):
+        import tritonclient.http as triton_http
+
+        return triton_http.InferenceServerClient(
+            f"127.0.0.1:{server['port']}", network_timeout=120
+        )
+
+    def triton_inputs(self, batch, binary):
+        import tritonclient.http as triton_http
+
+        tensor = triton_http.InferInput("image", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=binary)
+        return [tensor]
+
+    def triton_outputs(self, result, names=serving.SERVING_OUTPUTS):
+        return {name: result.as_numpy(name) for name in names}
+
+    def test_triton_metadata(self, server):
+        client = self.triton(server)
+        assert client.is_server_ready() and client.is_model_ready(NAME)
+        metadata = client.get_model_metadata(NAME)
+        assert metadata["inputs"] == [
+            {"name": "image", "datatype": "FP32", "shape": [-1, 8, 8, 1]}
+        ]
+
+    @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+    def test_triton_all_outputs(self, server, binary):
+        # Without named outputs the client asks for binary outputs
+        # (`binary_data_output`); with JSON inputs it sends no content type.
+        client = self.triton(server)
+        batch = np.asarray(server["batch"], "float32")
+        result = client.infer(NAME, self.triton_inputs(batch, binary))
+        assert_served(self.triton_outputs(result), server["reference"])
+
+    def test_triton_requested_outputs_json_and_binary(self, server):
+        import tritonclient.http as triton_http
+
+        client = self.triton(server)
+        batch = np.asarray(server["batch"], "float32")
+        outputs = [
+            triton_http.InferRequestedOutput("accepted", binary_data=False),
+            triton_http.InferRequestedOutput("p_value", binary_data=True),
+        ]
+        result = client.infer(
+            NAME,
+            self.triton_inputs(batch, binary=False),
+            outputs=outputs,
+            request_id="triton-1",
+        )
+        response = result.get_response()
+        assert response["id"] == "triton-1"
+        by_name = {tensor["name"]: tensor for tensor in response["outputs"]}
+        assert set(by_name) == {"accepted", "p_value"}
+        assert "data" in by_name["accepted"]  # JSON
+        assert "data" not in by_name["p_value"]  # binary
+        np.testing.assert_array_equal(
+            result.as_numpy("accepted"), server["reference"]["accepted"]
+        )
+        np.testing.assert_allclose(
+            result.as_numpy("p_value"),
+            server["reference"]["p_value"],
+            atol=0.015,
+        )
+
+    def test_triton_threshold_and_standard_parameters(self, server):
+        client = self.triton(server)
+        batch = np.asarray(server["batch"], "float32")
+        result = client.infer(
+            NAME,
+            self.triton_inputs(batch, binary=True),
+            parameters={"threshold": server["threshold"]},
+            priority=1,
+        )
+        assert_served(self.triton_outputs(result), server["at_threshold"])
+
+    def test_triton_unsupported_standard_parameter(self, server):
+        from tritonclient.utils import InferenceServerException
+
+        client = self.triton(server)
+        batch = np.asarray(server["batch"][:2], "float32")
+        with pytest.raises(InferenceServerException, match="'timeout' is not"):
+            client.infer(NAME, self.triton_inputs(batch, True), timeout=1000)
+
+    def test_triton_async_requests(self, server):
+        client = self.triton(server)
+        batch = np.asarray(server["batch"], "float32")
+        pending = [
+            client.async_infer(NAME, self.triton_inputs(batch[i:], binary))
+            for i, binary in [(0, True), (5, False), (9, True)]
+        ]
+        for start, request in zip((0, 5, 9), pending):
+            result = request.get_result(timeout=120)
+            expected = {
+                name: value[start:]
+                for name, value in server["reference"].items()
+            }
+            assert_served(self.triton_outputs(result), expected)
+
+    def test_triton_asyncio_client(self, server):
+        import tritonclient.http.aio as triton_aio
+
+        batch = np.asarray(server["batch"], "float32")
+
+        async def run():
+            client = triton_aio.InferenceServerClient(
+                f"127.0.0.1:{server['port']}"
+            )
+            try:
+                return await asyncio.gather(
+                    *(
+                        client.infer(
+                            NAME, self.triton_inputs(batch, binary=False)
+                        )
+                        for _ in range(4)
+                    )
+                )
+            finally:
+                await client.close()
+
+        for result in asyncio.run(run()):
+            assert_served(self.triton_outputs(result), server["reference"])
+
+    def test_kserve_client_v2(self, server):
+        import kserve
+
+        batch = np.asarray(server["batch"], "float32")
+        tensor = kserve.InferInput("image", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=False)
+        request = kserve.InferRequest(
+            model_name=NAME, infer_inputs=[tensor], request_id="kserve-1"
+        )
+
+        async def run():
+            client = kserve.InferenceRESTClient(
+                kserve.RESTConfig(protocol="v2", timeout=120)
+            )
+            try:
+                return await client.infer(
+                    server["client"].base_url, request, model_name=NAME
+                )
+            finally:
+                await client.close()
+
+        response = asyncio.run(run())
+        assert response.id == "kserve-1"
+        outputs = {
+            output.name: output.as_numpy() for output in response.outputs
+        }
+        assert_served(outputs, server["reference"])
+
+    def test_kserve_client_v1(self, server):
+        import kserve
+
+        async def run():
+            client = kserve.InferenceRESTClient(
+                kserve.RESTConfig(protocol="v1", timeout=120)
+            )
+            try:
+                return await client.infer(
+                    server["client"].base_url,
+                    {"instances": server["batch"].tolist()},
+                    model_name=NAME,
+                )
+            finally:
+                await client.close()
+
+        response = asyncio.run(run())
+        outputs = rows_to_outputs(response["predictions"])
+        assert_served(outputs, server["reference"])
+
+    def test_v2_json_without_content_type(self, server):
+        body = json.dumps(v2_body(server["batch"])).encode()
+        response = server["client"].post(
+            f"/v2/models/{NAME}/infer", content=body
+        )
+        assert "content-type" not in response.request.headers
+        assert response.status_code == 200, response.text
+        assert_served(v2_to_outputs(response.json()), server["reference"])
+
+
 def v2_tensor(name, shape, datatype, data):
     """A V2 body with one input tensor."""
     tensor = {"name": name, "shape": shape, "datatype": datatype}
@@ -393,6 +583,21 @@ BAD_REQUESTS = {
         lambda b: {"instances": b[:1].tolist(), "parameters": {"top_k": 3}},
         400,
         "unknown parameters ['top_k']",
+    ),
+    "v2_unknown_parameter": (
+        "v2",
+        lambda b: v2_body(b[:1], parameters={"top_k": 3}),
+        400,
+        "unknown parameters ['top_k']",
+    ),
+    "v2_unknown_output_parameter": (
+        "v2",
+        lambda b: v2_body(
+            b[:1],
+            outputs=[{"name": "accepted", "parameters": {"classification": 2}}],
+        ),
+        400,
+        "unknown parameters ['classification']",
     ),
     "v2_wrong_datatype": (
         "v2",
@@ -544,6 +749,58 @@ class TestServerProcess:
             assert not {"tensorflow", "torch", "jax"} & modules
         else:
             assert "tensorflow" in modules and "onnxruntime" not in modules
+
+
+def _send_partly(port, body, held_back):
+    """Opens a connection and sends a V1 request but the last `held_back`
+    bytes of its body: the server has the request, not yet all of it."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=120)
+    head = (
+        f"POST /v1/models/{NAME}:predict HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    connection.sendall(head + body[:-held_back])
+    return connection
+
+
+def _read_response(connection):
+    chunks = []
+    while chunk := connection.recv(65536):
+        chunks.append(chunk)
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+def test_sigterm_drains_requests_in_flight(server, tmp_path):
+    """SIGTERM while requests are in flight: each is answered in full, new
+    connections are refused, and the server exits cleanly."""
+    with open(tmp_path / "server.log", "w") as log:
+        process, url = start_server(server["artifact"], log)
+        port = int(url.rsplit(":", 1)[1])
+        try:
+            rows = server["batch"][:5]
+            body = json.dumps({"instances": rows.tolist()}).encode()
+            connections = [_send_partly(port, body, 10) for _ in range(4)]
+            time.sleep(1.0)  # the server has read the headers
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+            for connection in connections:
+                connection.sendall(body[-10:])
+                status, payload = _read_response(connection)
+                connection.close()
+                assert status == 200, payload
+                predictions = json.loads(payload)["predictions"]
+                assert [row["prediction"] for row in predictions] == (
+                    server["reference"]["prediction"][:5].tolist()
+                )
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_command_line_names_a_bad_model_path(tmp_path):

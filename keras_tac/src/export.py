@@ -3,6 +3,7 @@ for TF Serving (TensorFlow and JAX backends) or an ONNX file (PyTorch
 backend), both answering prediction, confidence and the accept/reject
 decision in one call."""
 
+import re
 import warnings
 
 import keras
@@ -136,22 +137,74 @@ def export_tac_model(
 
 def input_specs(model):
     """`keras.InputSpec`s of the base model's inputs, batch size `None`,
-    named after the base model's inputs (flattened, in input order)."""
-    specs = []
-    for tensor in keras.tree.flatten(model.base_model.input):
-        name = tensor.name
+    named as `serving_input_names` says (flattened, in input order)."""
+    tensors = keras.tree.flatten(_input_structure(model))
+    return [
+        keras.InputSpec(
+            shape=(None, *tensor.shape[1:]), dtype=tensor.dtype, name=name
+        )
+        for tensor, name in zip(tensors, serving_input_names(model))
+    ]
+
+
+def _input_structure(model):
+    """The base model's input tensors, in their structure."""
+    base = model.base_model
+    try:
+        return base.input
+    except AttributeError:
+        # A Sequential model has no `input` until it is called; its one
+        # input is in `inputs`.
+        (tensor,) = base.inputs
+        return tensor
+
+
+# The names Keras gives an unnamed `keras.Input`: a per-session counter.
+_AUTO_INPUT_NAME = re.compile(r"input_layer(_\d+)?")
+
+
+def serving_input_names(model):
+    """The names of the exported artifact's inputs.
+
+    Each input is named after the base model's input layer (`keras.Input(
+    ..., name="image")` gives `"image"`). Keras names an unnamed input
+    `input_layer`, `input_layer_1`, ... by how many were built before in the
+    session; those become `"input"` (one input) or `"input_0"`, `"input_1"`,
+    ... (by position), so the same model exports the same names on every
+    backend and in every session.
+
+    Args:
+        model: a `TACModel`.
+
+    Returns:
+        A list of str, one per flattened input of the base model.
+
+    Raises:
+        ValueError: if an input is named `"threshold"` (the threshold input
+            of the `serve_with_threshold` signature) or two inputs end up
+            with the same name.
+    """
+    tensors = keras.tree.flatten(_input_structure(model))
+    names = []
+    for index, tensor in enumerate(tensors):
+        history = getattr(tensor, "_keras_history", None)
+        name = history.operation.name if history else tensor.name
+        if _AUTO_INPUT_NAME.fullmatch(name):
+            name = "input" if len(tensors) == 1 else f"input_{index}"
         if name == THRESHOLD_INPUT:
             raise ValueError(
                 f"Cannot export: the base model has an input named "
                 f"{THRESHOLD_INPUT!r}, the name of the threshold input of "
                 f"the {THRESHOLD_ENDPOINT!r} signature. Rename that input."
             )
-        specs.append(
-            keras.InputSpec(
-                shape=(None, *tensor.shape[1:]), dtype=tensor.dtype, name=name
-            )
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise ValueError(
+            "Cannot export: the artifact's inputs are named after the base "
+            "model's input layers, and these names repeat: "
+            f"{names}. Name the inputs (`keras.Input(..., name=...)`)."
         )
-    return specs
+    return names
 
 
 def _resolve_threshold(model, threshold):
@@ -172,7 +225,7 @@ def _resolve_threshold(model, threshold):
 
 
 def _pack(model, flat_inputs):
-    return keras.tree.pack_sequence_as(model.base_model.input, flat_inputs)
+    return keras.tree.pack_sequence_as(_input_structure(model), flat_inputs)
 
 
 def _export_saved_model(model, filepath, threshold, verbose, **kwargs):

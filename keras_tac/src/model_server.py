@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 
 import numpy as np
@@ -284,32 +285,50 @@ class TACServingModel(kserve.Model):
                 "Invalid request: every input needs the same, non-zero "
                 f"batch size. Received: {sizes}"
             )
-        return arrays, _threshold(request.parameters)
+        return arrays, _threshold(request.parameters, _STANDARD_PARAMETERS)
 
     def _encode_v2(self, request, outputs):
-        wanted = [
-            output.name for output in (request.request_outputs or [])
-        ] or list(serving.SERVING_OUTPUTS)
+        requested = request.request_outputs or []
+        wanted = [output.name for output in requested] or list(
+            serving.SERVING_OUTPUTS
+        )
         unknown = sorted(set(wanted) - set(outputs))
         if unknown:
             raise _invalid(
                 f"Invalid request: unknown outputs {unknown}; expected some "
                 f"of {list(serving.SERVING_OUTPUTS)}"
             )
+        # The binary tensor extension: `binary_data_output` sets the
+        # default, each requested output's `binary_data` overrides it.
+        # (KServe reads a requested output without `binary_data` as JSON.)
+        binary = bool(request.use_binary_outputs)
+        for output in requested:
+            parameters = dict(output.parameters or {})
+            unknown = sorted(set(parameters) - {"binary_data"})
+            if unknown:
+                raise _invalid(
+                    f"Invalid request: output {output.name!r} has unknown "
+                    f"parameters {unknown}; expected only 'binary_data'"
+                )
+            parameters.setdefault("binary_data", binary)
+            output.parameters = parameters
         tensors = []
         for name in wanted:
             value = np.asarray(outputs[name])
-            tensor = kserve.InferOutput(
-                name=name,
-                shape=list(value.shape),
-                datatype=_V2_DATATYPES[value.dtype.name],
+            tensors.append(
+                kserve.InferOutput(
+                    name=name,
+                    shape=list(value.shape),
+                    datatype=_V2_DATATYPES[value.dtype.name],
+                    data=value,
+                )
             )
-            tensor.set_data_from_numpy(value, binary_data=False)
-            tensors.append(tensor)
         return kserve.InferResponse(
             response_id=request.id or "",
             model_name=self.name,
             infer_outputs=tensors,
+            use_binary_outputs=binary,
+            requested_outputs=requested or None,
         )
 
 
@@ -353,8 +372,23 @@ def _invalid(message):
     return kserve.errors.InvalidInput(message)
 
 
-def _threshold(parameters):
-    """The `threshold` request parameter, or `None`."""
+# Standard V2 request parameters (the binary tensor extension; Triton's
+# client sends `binary_data_output` whenever no outputs are named).
+# `priority` is accepted and has no effect: one queue, as in a Triton
+# model without priority levels.
+_STANDARD_PARAMETERS = ("binary_data_output", "priority")
+# Standard parameters this server cannot honour: refused, not ignored.
+_UNSUPPORTED_PARAMETERS = {
+    "sequence_id": "this model is stateless (no sequence batching)",
+    "sequence_start": "this model is stateless (no sequence batching)",
+    "sequence_end": "this model is stateless (no sequence batching)",
+    "timeout": "this server has no per-request timeout",
+}
+
+
+def _threshold(parameters, standard=()):
+    """The `threshold` request parameter, or `None`; `standard` names the
+    other parameters the protocol allows."""
     if parameters is None:
         return None
     if not isinstance(parameters, dict):
@@ -362,11 +396,18 @@ def _threshold(parameters):
             "Invalid request: expected 'parameters' to be an object, e.g. "
             f'{{"{THRESHOLD_PARAMETER}": 0.5}}. Received: {parameters!r}'
         )
-    unknown = sorted(set(parameters) - {THRESHOLD_PARAMETER})
+    unsupported = sorted(set(parameters) & set(_UNSUPPORTED_PARAMETERS))
+    if standard and unsupported:
+        raise _invalid(
+            f"Invalid request: the parameter {unsupported[0]!r} is not "
+            f"supported: {_UNSUPPORTED_PARAMETERS[unsupported[0]]}"
+        )
+    allowed = {THRESHOLD_PARAMETER, *standard}
+    unknown = sorted(set(parameters) - allowed)
     if unknown:
         raise _invalid(
             f"Invalid request: unknown parameters {unknown}; expected "
-            f"only {THRESHOLD_PARAMETER!r}"
+            f"some of {sorted(allowed)}"
         )
     if THRESHOLD_PARAMETER not in parameters:
         return None
@@ -456,6 +497,35 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class V2JsonWithoutContentType:
+    """ASGI middleware: a V2 infer body without the binary tensor header
+    (`Inference-Header-Content-Length`) is JSON, whatever its content type.
+
+    KServe reads a body without `Content-Type: application/json` as binary
+    tensors, and then refuses it for the missing header; clients such as
+    Triton's `tritonclient.http` send JSON with no content type at all."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].startswith("/v2/")
+            and scope["path"].endswith("/infer")
+        ):
+            headers = dict(scope["headers"])
+            content_type = headers.get(b"content-type", b"")
+            if (
+                b"inference-header-content-length" not in headers
+                and not content_type.split(b";")[0].strip().endswith(b"json")
+            ):
+                headers[b"content-type"] = b"application/json"
+                scope = dict(scope, headers=list(headers.items()))
+        return await self.app(scope, receive, send)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -497,6 +567,7 @@ def serve_models(
             raise ValueError(f"Model {model.name!r} is not loaded.")
         registry.update(model)
     app = kserve.model_server.app
+    app.add_middleware(V2JsonWithoutContentType)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_exception_handler(BatchTooLarge, _batch_too_large)
     server = RESTServer(
@@ -538,6 +609,10 @@ def _parser():
     return parser
 
 
+def _exit_drained(signum, frame):
+    sys.exit(0)
+
+
 @keras_tac_export("keras_tac.serve.main")
 def main(argv=None):
     """The command line: `python -m keras_tac.serve --help`."""
@@ -547,6 +622,9 @@ def main(argv=None):
         sys.modules.setdefault(name, None)
     model = TACServingModel(args.name, args.model, args.max_batch_rows)
     model.load()
+    # Uvicorn drains the requests in flight on SIGTERM, then raises the
+    # signal again: a drained server exits with status 0.
+    signal.signal(signal.SIGTERM, _exit_drained)
     with contextlib.suppress(KeyboardInterrupt):
         serve_models(
             [model],
