@@ -39,6 +39,8 @@ from keras_tac.serve import load_signatures
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 NAME = "tac"
+# The server options of each configuration, in the order they run.
+BATCHING = {"off": ("--max-batch-size", "0"), "on": ()}
 
 
 def _export(folder):
@@ -167,52 +169,68 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         artifact, x = _export(folder)
-        log = open(os.path.join(folder, "server.log"), "w")
-        process, url = start_server(artifact, log)
-        server = psutil.Process(process.pid)
-        try:
-            rows = []
-            # Warm up (first requests allocate the server's pools), then
-            # take the memory figure that later steps are held against.
-            warm_up = json.dumps({"instances": x[:32].tolist()}).encode()
-            asyncio.run(_load(url, warm_up, 8, min(seconds, 2.0)))
-            rss_start = server.memory_info().rss
-            for batch_size in batch_sizes:
-                batch = x[:batch_size]
-                body = json.dumps({"instances": batch.tolist()}).encode()
-                in_process = _in_process_seconds(artifact, batch, 30)
-                for clients in client_counts:
-                    latencies, errors, elapsed = asyncio.run(
-                        _load(url, body, clients, seconds)
-                    )
-                    p50, p99 = np.percentile(latencies, [50, 99])
-                    rows.append(
-                        {
-                            "batch": batch_size,
-                            "clients": clients,
-                            "requests_per_s": len(latencies) / elapsed,
-                            "rows_per_s": batch_size * len(latencies) / elapsed,
-                            "p50_ms": 1000 * p50,
-                            "p99_ms": 1000 * p99,
-                            "errors": errors,
-                            "in_process_ms": 1000 * in_process,
-                            "p50_over_in_process": p50 / in_process,
-                            "server_rss_mib": server.memory_info().rss / 2**20,
-                        }
-                    )
-            rss_end = server.memory_info().rss
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-            log.close()
+        in_process = {
+            batch_size: _in_process_seconds(artifact, x[:batch_size], 30)
+            for batch_size in batch_sizes
+        }
+        rows, memory = [], {}
+        # The same load on a server without and with server-side batching,
+        # one after the other in this run.
+        for batching, options in BATCHING.items():
+            log = open(os.path.join(folder, f"server_{batching}.log"), "w")
+            process, url = start_server(artifact, log, *options)
+            server = psutil.Process(process.pid)
+            try:
+                # Warm up (first requests allocate the server's pools), then
+                # take the memory figure that later steps are held against.
+                warm_up = json.dumps({"instances": x[:32].tolist()}).encode()
+                asyncio.run(_load(url, warm_up, 8, min(seconds, 2.0)))
+                rss_start = server.memory_info().rss
+                for batch_size in batch_sizes:
+                    body = json.dumps(
+                        {"instances": x[:batch_size].tolist()}
+                    ).encode()
+                    for clients in client_counts:
+                        latencies, errors, elapsed = asyncio.run(
+                            _load(url, body, clients, seconds)
+                        )
+                        p50, p99 = np.percentile(latencies, [50, 99])
+                        reference = in_process[batch_size]
+                        rows.append(
+                            {
+                                "batching": batching,
+                                "batch": batch_size,
+                                "clients": clients,
+                                "requests_per_s": len(latencies) / elapsed,
+                                "rows_per_s": batch_size
+                                * len(latencies)
+                                / elapsed,
+                                "p50_ms": 1000 * p50,
+                                "p99_ms": 1000 * p99,
+                                "errors": errors,
+                                "in_process_ms": 1000 * reference,
+                                "p50_over_in_process": p50 / reference,
+                                "server_rss_mib": server.memory_info().rss
+                                / 2**20,
+                            }
+                        )
+                memory[batching] = {
+                    "start": rss_start / 2**20,
+                    "end": server.memory_info().rss / 2**20,
+                }
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+                log.close()
     result = {
         "mode": "short" if args.short else "full",
         "seconds_per_step": seconds,
         "machine": common.machine(),
         "commit": common.commit_stamp(),
         "load_average_before": load_before,
-        "server_rss_mib": {"start": rss_start / 2**20, "end": rss_end / 2**20},
+        "server_rss_mib": memory,
         "rows": rows,
+        "batching_ratios": batching_ratios(rows),
     }
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"serving_{result['mode']}_{backend}.json")
@@ -225,26 +243,52 @@ def main(argv=None):
     return 1 if errors else 0
 
 
+def batching_ratios(rows):
+    """Batching on over off, from the rows of one run: single-row
+    requests/s at the most clients, p99 at 8 clients and p50 at one."""
+    by = {(r["batching"], r["batch"], r["clients"]): r for r in rows}
+    most = max(r["clients"] for r in rows)
+    ratios = {
+        f"throughput_1_row_{most}_clients": by["on", 1, most]["requests_per_s"]
+        / by["off", 1, most]["requests_per_s"],
+        "p50_1_row_1_client": by["on", 1, 1]["p50_ms"]
+        / by["off", 1, 1]["p50_ms"],
+    }
+    if ("on", 1, 8) in by:
+        ratios["p99_1_row_8_clients"] = (
+            by["on", 1, 8]["p99_ms"] / by["off", 1, 8]["p99_ms"]
+        )
+    return ratios
+
+
 def format_table(result):
+    memory = "; ".join(
+        f"batching {name}: server RSS after warm-up {value['start']:.0f} "
+        f"MiB, at the end {value['end']:.0f} MiB"
+        for name, value in result["server_rss_mib"].items()
+    )
     lines = [
         f"Serving, {result['machine']['backend']}, commit {result['commit']}, "
         f"{result['seconds_per_step']:g} s per step, load average "
-        f"{result['load_average_before']:.1f}; server RSS after warm-up "
-        f"{result['server_rss_mib']['start']:.0f} MiB, at the end "
-        f"{result['server_rss_mib']['end']:.0f} MiB",
+        f"{result['load_average_before']:.1f}; {memory}",
         "",
-        "| rows/request | clients | requests/s | rows/s | p50 ms | p99 ms "
-        "| errors | in-process ms | p50 / in-process |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| batching | rows/request | clients | requests/s | rows/s | p50 ms "
+        "| p99 ms | errors | in-process ms | p50 / in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['batch']} | {row['clients']} "
+            f"| {row['batching']} | {row['batch']} | {row['clients']} "
             f"| {row['requests_per_s']:.0f} | {row['rows_per_s']:.0f} "
             f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} "
             f"| {row['in_process_ms']:.2f} "
             f"| {row['p50_over_in_process']:.1f}x |"
         )
+    ratios = ", ".join(
+        f"{name.replace('_', ' ')} {value:.2f}x"
+        for name, value in result["batching_ratios"].items()
+    )
+    lines += ["", f"Batching on / off, same run: {ratios}"]
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_tac.src import serving
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.batching import MicroBatcher
 
 THRESHOLD_SIGNATURE = "serve_with_threshold"
 THRESHOLD_PARAMETER = "threshold"
@@ -33,6 +34,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 DEFAULT_MAX_BATCH_ROWS = 1024
+# Server-side batching: the most rows one model call holds (0: off).
+DEFAULT_MAX_BATCH_SIZE = 64
+# The batcher's column of per-row thresholds (":" is in no input's name).
+_ROW_THRESHOLDS = "threshold:rows"
 # V2 tensor datatypes of the NumPy dtypes an export uses.
 _V2_DATATYPES = {
     "bool": "BOOL",
@@ -133,6 +138,17 @@ class TACServingModel(kserve.Model):
             `TACModel.export`.
         max_batch_rows: the most rows one request may hold (HTTP 413
             above, checked before the body is turned into arrays).
+        max_batch_size: server-side batching: concurrent requests share a
+            model call of up to this many rows (`keras_tac.serve`'s
+            `MicroBatcher`; answers are row for row those of separate
+            calls). A request that finds the model idle runs at once;
+            requests that arrive while it is busy wait for the next call
+            together. A request above `max_batch_size` rows runs alone.
+            `0` turns batching off (one model call per request).
+            Defaults to `64`.
+        batch_timeout_ms: how long a request that finds the model idle
+            waits for others before its call (the classic dynamic batcher).
+            Defaults to `0.0` (no wait).
 
     Example:
 
@@ -143,16 +159,49 @@ class TACServingModel(kserve.Model):
     ```
     """
 
-    def __init__(self, name, model_path, max_batch_rows=DEFAULT_MAX_BATCH_ROWS):
+    def __init__(
+        self,
+        name,
+        model_path,
+        max_batch_rows=DEFAULT_MAX_BATCH_ROWS,
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        batch_timeout_ms=0.0,
+    ):
         super().__init__(name)
-        if not isinstance(max_batch_rows, int) or max_batch_rows < 1:
+        for argument, value in [
+            ("max_batch_rows", max_batch_rows),
+            ("max_batch_size", max_batch_size),
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(
+                    f"Expected `{argument}` to be an int. Received: {value!r}"
+                )
+        if max_batch_rows < 1:
             raise ValueError(
                 "Expected `max_batch_rows` to be a positive int. Received: "
                 f"{max_batch_rows!r}"
             )
+        if max_batch_size < 0:
+            raise ValueError(
+                "Expected `max_batch_size` to be >= 0 (0: no server-side "
+                f"batching). Received: {max_batch_size!r}"
+            )
         self.model_path = model_path
         self.max_batch_rows = max_batch_rows
+        self.max_batch_size = max_batch_size
         self.signatures = None
+        self.batcher = None
+        if max_batch_size:
+            # Validates `batch_timeout_ms`.
+            self.batcher = MicroBatcher(
+                self._run_batch, max_batch_size, batch_timeout_ms
+            )
+        elif batch_timeout_ms:
+            raise ValueError(
+                "`batch_timeout_ms` needs server-side batching: "
+                "`max_batch_size` is 0. Received: "
+                f"batch_timeout_ms={batch_timeout_ms!r}"
+            )
 
     def load(self):
         self.signatures = load_signatures(self.model_path)
@@ -221,21 +270,42 @@ class TACServingModel(kserve.Model):
                     f"infinite values (rows {rows[:10].tolist()}); expected "
                     "finite numbers"
                 )
-        loop = asyncio.get_running_loop()
-        # Off the event loop: readiness and other requests keep answering.
-        outputs = await loop.run_in_executor(
-            None, self._call, name, arrays, threshold
-        )
+        if self.batcher is not None:
+            key = (name, threshold is not None)
+            if threshold is not None:
+                rows = len(next(iter(arrays.values())))
+                arrays = {
+                    **arrays,
+                    _ROW_THRESHOLDS: np.full(rows, threshold, "float32"),
+                }
+            outputs = await self.batcher.submit(key, arrays)
+        else:
+            loop = asyncio.get_running_loop()
+            # Off the event loop: readiness and other requests keep
+            # answering.
+            outputs = await loop.run_in_executor(
+                None, self._call, name, arrays, threshold
+            )
         return {key: outputs[key] for key in serving.SERVING_OUTPUTS}
 
+    def _run_batch(self, key, arrays):
+        """The batcher's model call: `arrays` holds the rows of one or
+        more requests, with their thresholds as a column when given."""
+        name, has_threshold = key
+        arrays = dict(arrays)
+        threshold = arrays.pop(_ROW_THRESHOLDS) if has_threshold else None
+        return self._call(name, arrays, threshold)
+
     def _call(self, name, arrays, threshold):
+        """One signature call; `threshold` is `None`, a float or one float
+        per row."""
         if threshold is None:
             return self.signatures[name].fn(**arrays)
         rows = len(next(iter(arrays.values())))
+        threshold = np.broadcast_to(np.asarray(threshold, "float32"), (rows,))
         if THRESHOLD_SIGNATURE in self.signatures:
             return self.signatures[THRESHOLD_SIGNATURE].fn(
-                **arrays,
-                **{THRESHOLD_PARAMETER: np.full(rows, threshold, "float32")},
+                **arrays, **{THRESHOLD_PARAMETER: np.array(threshold)}
             )
         # ONNX bakes the threshold in: the accept rule is applied here to
         # the exported confidence (`_run` refused non-finite inputs).
@@ -604,7 +674,29 @@ def _parser():
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES
     )
     parser.add_argument(
-        "--max-batch-rows", type=int, default=DEFAULT_MAX_BATCH_ROWS
+        "--max-batch-rows",
+        type=int,
+        default=DEFAULT_MAX_BATCH_ROWS,
+        help="the most rows one request may hold (HTTP 413 above)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=(
+            "server-side batching: the most rows of concurrent requests "
+            "merged into one model call (0: off, one call per request)"
+        ),
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=0.0,
+        help=(
+            "how long a request may wait for others to share its model "
+            "call when the model is idle (0: never; requests that arrive "
+            "while the model is busy are merged anyway)"
+        ),
     )
     return parser
 
@@ -620,7 +712,16 @@ def main(argv=None):
     # TensorFlow imports Keras when it can; the server does without it.
     for name in ("keras", "tf_keras"):
         sys.modules.setdefault(name, None)
-    model = TACServingModel(args.name, args.model, args.max_batch_rows)
+    try:
+        model = TACServingModel(
+            args.name,
+            args.model,
+            max_batch_rows=args.max_batch_rows,
+            max_batch_size=args.max_batch_size,
+            batch_timeout_ms=args.batch_timeout_ms,
+        )
+    except ValueError as error:
+        _parser().error(str(error))
     model.load()
     # Uvicorn drains the requests in flight on SIGTERM, then raises the
     # signal again: a drained server exits with status 0.
