@@ -179,3 +179,26 @@ def test_benchmark_table_is_the_recorded_one():
         assert backend in after, (backend, after)
         for commit in backend_commits:
             assert f"`{commit}`" in after, (backend, commit, after)
+
+
+DRIFT_MARKER = "<!-- drift monitor figures: jax -->"
+
+
+def test_drift_monitor_figures_are_the_recorded_ones():
+    # docs/export.md quotes `python -m benchmarks.drift_monitor`'s table of
+    # its recorded full run, and the line after it names that run's commit.
+    from benchmarks.drift_monitor import format_table
+
+    path = os.path.join(ROOT, "benchmarks", "results", "drift_monitor_jax.json")
+    with open(path) as file:
+        result = json.load(file)
+    assert result["mode"] == "full" and result["backend"] == "jax"
+    with open(os.path.join(ROOT, "docs", "export.md")) as file:
+        text = file.read()
+    block = f"{DRIFT_MARKER}\n\n{format_table(result)}\n\n"
+    assert block in text, (
+        "docs/export.md: the drift monitor table is not the one recorded in "
+        f"{path}"
+    )
+    after = text.split(block, 1)[1].split("\n\n", 1)[0]
+    assert f"`{result['commit']}`" in after and "JAX" in after, after

@@ -803,6 +803,127 @@ def test_sigterm_drains_requests_in_flight(server, tmp_path):
                 process.kill()
 
 
+def _scrape(url):
+    """`/metrics` as {(sample name, frozenset of labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=60).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _buckets(values, bounds):
+    """Prometheus's cumulative bucket counts (`le`) of `values`, by hand."""
+    values = np.asarray(values, "float64")
+    return [int((values <= bound).sum()) for bound in bounds] + [len(values)]
+
+
+def test_metrics_count_decisions_and_watch_drift(server, digits, tmp_path):
+    """A fresh server: `/metrics` counts what it answered (NumPy counts of
+    the answers as the oracle) and its drift monitor follows the served
+    p-values, alarming on noisy digits."""
+    from prometheus_client.utils import floatToGoString
+
+    from keras_tac.src import monitoring
+
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process, url = start_server(server["artifact"], log)
+    try:
+        client = httpx.Client(base_url=url, timeout=60)
+        stream = digits[1][0][150:]  # test digits not used to calibrate
+        noisy = np.clip(
+            stream + np.random.default_rng(0).normal(0, 0.5, stream.shape),
+            0,
+            1,
+        ).astype("float32")
+        answers, sizes = [], []
+        for part in (stream, noisy):
+            for start in range(0, len(part), 13):
+                rows = part[start : start + 13]
+                response = client.post(
+                    f"/v2/models/{NAME}/infer", json=v2_body(rows)
+                )
+                assert response.status_code == 200, response.text
+                answers.append(v2_to_outputs(response.json()))
+                sizes.append(len(rows))
+        bad = np.array(stream[:3])
+        bad[1, 2, 2, 0] = np.inf
+        content, headers = _nan_binary_request(bad)
+        response = client.post(
+            f"/v2/models/{NAME}/infer", content=content, headers=headers
+        )
+        assert response.status_code == 400
+        served = {
+            name: np.concatenate([answer[name] for answer in answers])
+            for name in ("prediction", "accepted", "confidence", "p_value")
+        }
+        metrics = _scrape(url)
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+    def value(name, **labels):
+        return metrics[name, frozenset({"model": NAME, **labels}.items())]
+
+    rows = len(served["prediction"])
+    assert value("keras_tac_requests_total") == len(answers)
+    assert value("keras_tac_rows_total") == rows
+    assert value("keras_tac_accepted_rows_total") == served["accepted"].sum()
+    assert value("keras_tac_accepted_fraction") == pytest.approx(
+        served["accepted"].mean()
+    )
+    assert value("keras_tac_refused_non_finite_rows_total") == 3
+    for label in range(10):
+        for decision in (True, False):
+            expected = np.sum(
+                (served["prediction"] == label)
+                & (served["accepted"] == decision)
+            )
+            key = dict(
+                predicted_class=str(label), accepted=str(decision).lower()
+            )
+            assert (
+                metrics.get(
+                    (
+                        "keras_tac_class_rows_total",
+                        frozenset({"model": NAME, **key}.items()),
+                    ),
+                    0.0,
+                )
+                == expected
+            ), key
+    for name, bounds, values in [
+        ("keras_tac_p_value", monitoring.P_VALUE_BUCKETS, served["p_value"]),
+        (
+            "keras_tac_confidence",
+            monitoring.CONFIDENCE_BUCKETS,
+            served["confidence"],
+        ),
+        ("keras_tac_model_call_rows", monitoring.MODEL_CALL_BUCKETS, sizes),
+    ]:
+        labels = [floatToGoString(bound) for bound in bounds] + ["+Inf"]
+        counts = [value(f"{name}_bucket", le=label) for label in labels]
+        assert counts == _buckets(values, bounds), name
+    # The monitor saw the served p-values in order (requests were
+    # sequential): the same martingale by hand, and an alarm on the noise.
+    oracle = monitoring.ConformalTestMartingale()
+    oracle.update(served["p_value"][: len(stream)])
+    alarm_before_noise = oracle.alarm
+    oracle.update(served["p_value"][len(stream) :])
+    assert oracle.alarm and not alarm_before_noise
+    assert value("keras_tac_drift_alarm") == 1
+    assert value("keras_tac_drift_martingale_log10") == pytest.approx(
+        oracle.log_value / np.log(10), rel=1e-5
+    )
+    with open(log_path) as file:
+        assert "drift" in file.read().lower()
+
+
 def test_command_line_names_a_bad_model_path(tmp_path):
     process = subprocess.run(
         [

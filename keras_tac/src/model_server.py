@@ -27,6 +27,7 @@ import numpy as np
 from keras_tac.src import serving
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.batching import MicroBatcher
+from keras_tac.src.monitoring import ServingMetrics
 
 THRESHOLD_SIGNATURE = "serve_with_threshold"
 THRESHOLD_PARAMETER = "threshold"
@@ -149,6 +150,10 @@ class TACServingModel(kserve.Model):
         batch_timeout_ms: how long a request that finds the model idle
             waits for others before its call (the classic dynamic batcher).
             Defaults to `0.0` (no wait).
+        metrics: a `keras_tac.src.monitoring.ServingMetrics` that counts
+            the model's decisions and watches its p-values for drift
+            (served at `/metrics`), or `None` for one on prometheus_client's
+            default registry, shared by the models of the process.
 
     Example:
 
@@ -166,6 +171,7 @@ class TACServingModel(kserve.Model):
         max_batch_rows=DEFAULT_MAX_BATCH_ROWS,
         max_batch_size=DEFAULT_MAX_BATCH_SIZE,
         batch_timeout_ms=0.0,
+        metrics=None,
     ):
         super().__init__(name)
         for argument, value in [
@@ -190,6 +196,7 @@ class TACServingModel(kserve.Model):
         self.max_batch_rows = max_batch_rows
         self.max_batch_size = max_batch_size
         self.signatures = None
+        self.metrics = metrics
         self.batcher = None
         if max_batch_size:
             # Validates `batch_timeout_ms`.
@@ -205,6 +212,8 @@ class TACServingModel(kserve.Model):
 
     def load(self):
         self.signatures = load_signatures(self.model_path)
+        if self.metrics is None:
+            self.metrics = _default_metrics()
         self.ready = True
         return self.ready
 
@@ -264,6 +273,7 @@ class TACServingModel(kserve.Model):
                 continue
             finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
             if not finite.all():
+                self.metrics.refused_non_finite(self.name, len(array))
                 rows = np.flatnonzero(~finite)
                 raise _invalid(
                     f"Invalid request: input {input_name!r} holds NaN or "
@@ -286,7 +296,9 @@ class TACServingModel(kserve.Model):
             outputs = await loop.run_in_executor(
                 None, self._call, name, arrays, threshold
             )
-        return {key: outputs[key] for key in serving.SERVING_OUTPUTS}
+        outputs = {key: outputs[key] for key in serving.SERVING_OUTPUTS}
+        self.metrics.observe(self.name, outputs)
+        return outputs
 
     def _run_batch(self, key, arrays):
         """The batcher's model call: `arrays` holds the rows of one or
@@ -299,6 +311,9 @@ class TACServingModel(kserve.Model):
     def _call(self, name, arrays, threshold):
         """One signature call; `threshold` is `None`, a float or one float
         per row."""
+        self.metrics.observe_model_call(
+            self.name, len(next(iter(arrays.values())))
+        )
         if threshold is None:
             return self.signatures[name].fn(**arrays)
         rows = len(next(iter(arrays.values())))
@@ -427,6 +442,17 @@ def accept(confidence, input_is_finite, threshold):
             & np.isfinite(confidence)
             & (confidence >= np.asarray(threshold, "float32"))
         )
+
+
+_METRICS = []
+
+
+def _default_metrics():
+    """The process's `ServingMetrics` on prometheus_client's registry,
+    which KServe serves at `/metrics`; shared by the models served."""
+    if not _METRICS:
+        _METRICS.append(ServingMetrics())
+    return _METRICS[0]
 
 
 def _parse_json(body):
