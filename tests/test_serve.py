@@ -775,9 +775,12 @@ def _read_response(connection):
 
 def test_sigterm_drains_requests_in_flight(server, tmp_path):
     """SIGTERM while requests are in flight: each is answered in full, new
-    connections are refused, and the server exits cleanly."""
+    connections are refused, and the server exits cleanly. (This server
+    runs without batching: one model call per request.)"""
     with open(tmp_path / "server.log", "w") as log:
-        process, url = start_server(server["artifact"], log)
+        process, url = start_server(
+            server["artifact"], log, "--max-batch-size", "0"
+        )
         port = int(url.rsplit(":", 1)[1])
         try:
             rows = server["batch"][:5]
@@ -922,6 +925,29 @@ def test_metrics_count_decisions_and_watch_drift(server, digits, tmp_path):
     )
     with open(log_path) as file:
         assert "drift" in file.read().lower()
+
+
+def test_command_line_refuses_a_timeout_without_batching(tmp_path):
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_tac.serve",
+            "--model",
+            str(tmp_path / "missing"),
+            "--name",
+            NAME,
+            "--max-batch-size",
+            "0",
+            "--batch-timeout-ms",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert "`batch_timeout_ms` needs server-side batching" in process.stderr
 
 
 def test_command_line_names_a_bad_model_path(tmp_path):

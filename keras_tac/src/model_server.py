@@ -72,8 +72,12 @@ def load_signatures(path):
     if os.path.isfile(path) and path.endswith(".onnx"):
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        # Idle worker threads sleep instead of spinning: on a server the
+        # cores they would spin on are the ones HTTP and JSON need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
-            path, providers=["CPUExecutionProvider"]
+            path, options, providers=["CPUExecutionProvider"]
         )
         return {serving.DEFAULT_SIGNATURE: serving.onnx_signature(session)}
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -214,8 +218,24 @@ class TACServingModel(kserve.Model):
         self.signatures = load_signatures(self.model_path)
         if self.metrics is None:
             self.metrics = _default_metrics()
+        if self.batcher is not None:
+            # Compile the padded batch shapes before the first request.
+            size = 1
+            while size <= self.max_batch_size:
+                self._call(serving.DEFAULT_SIGNATURE, self._zeros(size), None)
+                size *= 2
         self.ready = True
         return self.ready
+
+    def _zeros(self, rows):
+        """A batch of zeros (any-size dimensions 1) for every input."""
+        return {
+            name: np.zeros(
+                (rows, *(1 if dim is None else dim for dim in shape[1:])),
+                dtype,
+            )
+            for name, (dtype, shape) in self._default.inputs.items()
+        }
 
     @property
     def _default(self):
@@ -291,6 +311,9 @@ class TACServingModel(kserve.Model):
             outputs = await self.batcher.submit(key, arrays)
         else:
             loop = asyncio.get_running_loop()
+            self.metrics.observe_model_call(
+                self.name, len(next(iter(arrays.values())))
+            )
             # Off the event loop: readiness and other requests keep
             # answering.
             outputs = await loop.run_in_executor(
@@ -302,18 +325,35 @@ class TACServingModel(kserve.Model):
 
     def _run_batch(self, key, arrays):
         """The batcher's model call: `arrays` holds the rows of one or
-        more requests, with their thresholds as a column when given."""
+        more requests, with their thresholds as a column when given.
+
+        The rows are padded (with copies of the last row, whose answers are
+        dropped) to a power of two up to `max_batch_size`: a model compiled
+        per input shape (a SavedModel written from JAX) then meets a few
+        shapes, compiled when the server loads, instead of one new shape
+        per batch size."""
         name, has_threshold = key
-        arrays = dict(arrays)
+        rows = len(next(iter(arrays.values())))
+        self.metrics.observe_model_call(self.name, rows)
+        size = _padded_size(rows, self.max_batch_size)
+        arrays = {
+            input_name: np.concatenate(
+                [array, np.repeat(array[-1:], size - rows, axis=0)]
+            )
+            if size > rows
+            else array
+            for input_name, array in arrays.items()
+        }
         threshold = arrays.pop(_ROW_THRESHOLDS) if has_threshold else None
-        return self._call(name, arrays, threshold)
+        outputs = self._call(name, arrays, threshold)
+        return {
+            output: np.asarray(value)[:rows]
+            for output, value in outputs.items()
+        }
 
     def _call(self, name, arrays, threshold):
         """One signature call; `threshold` is `None`, a float or one float
         per row."""
-        self.metrics.observe_model_call(
-            self.name, len(next(iter(arrays.values())))
-        )
         if threshold is None:
             return self.signatures[name].fn(**arrays)
         rows = len(next(iter(arrays.values())))
@@ -442,6 +482,20 @@ def accept(confidence, input_is_finite, threshold):
             & np.isfinite(confidence)
             & (confidence >= np.asarray(threshold, "float32"))
         )
+
+
+def _padded_size(rows, max_batch_size):
+    """The next power of two from `rows`, at most `max_batch_size`; `rows`
+    itself when it is larger.
+
+    Example:
+
+    >>> [_padded_size(rows, 48) for rows in (1, 3, 4, 33, 48, 100)]
+    [1, 4, 4, 48, 48, 100]
+    """
+    if rows >= max_batch_size:
+        return rows
+    return min(1 << (rows - 1).bit_length(), max_batch_size)
 
 
 _METRICS = []
