@@ -4,16 +4,20 @@
     KERAS_BACKEND=torch python -m benchmarks.serving --short       # CI
 
 Exports the example CNN (28x28x1 inputs, TAC with the default taps and
-confidence; SavedModel on TensorFlow and JAX, ONNX on PyTorch), starts the
-server as a subprocess, and for each batch size (rows per request) and
-number of concurrent clients sends V1 row requests for a fixed time:
-requests and rows per second, p50 / p99 latency, errors (must be 0) and
-the server's resident memory before and after each step. The same batches
-through the loaded signature in this process give the reference: the
-ratio of the server's p50 latency at one client to the in-process call is
-what HTTP, JSON and KServe add. Prints a table and writes
-`benchmarks/results/serving_<backend>.json`. Client and server share the
-machine's cores.
+confidence; SavedModel on TensorFlow and JAX, ONNX on PyTorch), and starts
+the server as a subprocess twice, without server-side batching
+(`--max-batch-size 0`) and with it (the default), one after the other in
+the same run. For each batch size (rows per request) and number of
+concurrent clients it sends V1 row requests for a fixed time, on
+keep-alive connections written on raw asyncio streams (a light load
+generator: the client shares the machine's cores with the server):
+requests and rows per second, p50 / p99 latency, errors (must be 0) and the
+server's resident memory. The same batches through the loaded signature in
+this process give the reference: the ratio of the server's p50 latency at
+one client to the in-process call is what HTTP, JSON and KServe add; the
+ratios of batching on to off (single-row throughput at the most clients,
+p50 at one client, p99 at 8) are what batching changes. Prints a table and
+writes `benchmarks/results/serving_<mode>_<backend>.json`.
 """
 
 import argparse

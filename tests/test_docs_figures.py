@@ -184,8 +184,9 @@ def test_benchmark_table_is_the_recorded_one():
 DRIFT_MARKER = "<!-- drift monitor figures: jax -->"
 
 
-def test_drift_monitor_figures_are_the_recorded_ones():
-    # docs/export.md quotes `python -m benchmarks.drift_monitor`'s table of
+@pytest.mark.parametrize("document", ["docs/export.md", "README.md"])
+def test_drift_monitor_figures_are_the_recorded_ones(document):
+    # The document quotes `python -m benchmarks.drift_monitor`'s table of
     # its recorded full run, and the line after it names that run's commit.
     from benchmarks.drift_monitor import format_table
 
@@ -193,12 +194,11 @@ def test_drift_monitor_figures_are_the_recorded_ones():
     with open(path) as file:
         result = json.load(file)
     assert result["mode"] == "full" and result["backend"] == "jax"
-    with open(os.path.join(ROOT, "docs", "export.md")) as file:
+    with open(os.path.join(ROOT, document)) as file:
         text = file.read()
     block = f"{DRIFT_MARKER}\n\n{format_table(result)}\n\n"
     assert block in text, (
-        "docs/export.md: the drift monitor table is not the one recorded in "
-        f"{path}"
+        f"{document}: the drift monitor table is not the one recorded in {path}"
     )
     after = text.split(block, 1)[1].split("\n\n", 1)[0]
     assert f"`{result['commit']}`" in after and "JAX" in after, after
