@@ -927,44 +927,30 @@ def test_metrics_count_decisions_and_watch_drift(server, digits, tmp_path):
         assert "drift" in file.read().lower()
 
 
-def test_command_line_refuses_a_timeout_without_batching(tmp_path):
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_tac.serve",
-            "--model",
-            str(tmp_path / "missing"),
-            "--name",
-            NAME,
-            "--max-batch-size",
-            "0",
-            "--batch-timeout-ms",
-            "5",
-        ],
+def _run_command_line(*options):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_tac.serve", "--name", NAME, *options],
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def test_command_line_refuses_a_timeout_without_batching(tmp_path):
+    process = _run_command_line(
+        "--model",
+        str(tmp_path / "missing"),
+        "--max-batch-size",
+        "0",
+        "--batch-timeout-ms",
+        "5",
     )
     assert process.returncode == 2
     assert "`batch_timeout_ms` needs server-side batching" in process.stderr
 
 
 def test_command_line_names_a_bad_model_path(tmp_path):
-    process = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keras_tac.serve",
-            "--model",
-            str(tmp_path / "missing"),
-            "--name",
-            NAME,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    process = _run_command_line("--model", str(tmp_path / "missing"))
     assert process.returncode != 0
     assert "Expected `model` to be what `TACModel.export` wrote" in (
         process.stderr
