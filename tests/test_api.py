@@ -20,6 +20,7 @@ PUBLIC_MODULES = (
     "keras_tac.layers",
     "keras_tac.losses",
     "keras_tac.metrics",
+    "keras_tac.monitoring",
     "keras_tac.recipes",
     "keras_tac.rejection",
     "keras_tac.saving",

@@ -154,7 +154,7 @@ class TACServingModel(kserve.Model):
         batch_timeout_ms: how long a request that finds the model idle
             waits for others before its call (the classic dynamic batcher).
             Defaults to `0.0` (no wait).
-        metrics: a `keras_tac.src.monitoring.ServingMetrics` that counts
+        metrics: a `keras_tac.monitoring.ServingMetrics` that counts
             the model's decisions and watches its p-values for drift
             (served at `/metrics`), or `None` for one on prometheus_client's
             default registry, shared by the models of the process.

@@ -22,6 +22,8 @@ import threading
 
 import numpy as np
 
+from keras_tac.src.api_export import keras_tac_export
+
 # Simple Jumper's jumping rate: the capital moved between bets at each step.
 # Under the null the martingale loses about 0.6 * J nats a row (capital
 # moved onto the losing bets), while a small J costs only about log(1 / J)
@@ -46,6 +48,7 @@ METRIC_PREFIX = "keras_tac_"
 logger = logging.getLogger(__name__)
 
 
+@keras_tac_export("keras_tac.monitoring.ConformalTestMartingale")
 class ConformalTestMartingale:
     """A test martingale on a stream of conformal p-values: a drift alarm.
 
@@ -227,6 +230,7 @@ class ConformalTestMartingale:
         )
 
 
+@keras_tac_export("keras_tac.monitoring.ServingMetrics")
 class ServingMetrics:
     """Prometheus metrics of what a served `TACModel` decides, with a
     drift monitor per model.
