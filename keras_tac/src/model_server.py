@@ -16,6 +16,7 @@ to TensorFlow (a SavedModel) or ONNX Runtime (an `.onnx` file) alone.
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -303,7 +304,7 @@ class TACServingModel(kserve.Model):
         if self.batcher is not None:
             key = (name, threshold is not None)
             if threshold is not None:
-                rows = len(next(iter(arrays.values())))
+                rows = _rows(arrays)
                 arrays = {
                     **arrays,
                     _ROW_THRESHOLDS: np.full(rows, threshold, "float32"),
@@ -311,9 +312,7 @@ class TACServingModel(kserve.Model):
             outputs = await self.batcher.submit(key, arrays)
         else:
             loop = asyncio.get_running_loop()
-            self.metrics.observe_model_call(
-                self.name, len(next(iter(arrays.values())))
-            )
+            self.metrics.observe_model_call(self.name, _rows(arrays))
             # Off the event loop: readiness and other requests keep
             # answering.
             outputs = await loop.run_in_executor(
@@ -333,7 +332,7 @@ class TACServingModel(kserve.Model):
         shapes, compiled when the server loads, instead of one new shape
         per batch size."""
         name, has_threshold = key
-        rows = len(next(iter(arrays.values())))
+        rows = _rows(arrays)
         self.metrics.observe_model_call(self.name, rows)
         size = _padded_size(rows, self.max_batch_size)
         arrays = {
@@ -356,7 +355,7 @@ class TACServingModel(kserve.Model):
         per row."""
         if threshold is None:
             return self.signatures[name].fn(**arrays)
-        rows = len(next(iter(arrays.values())))
+        rows = _rows(arrays)
         threshold = np.broadcast_to(np.asarray(threshold, "float32"), (rows,))
         if THRESHOLD_SIGNATURE in self.signatures:
             return self.signatures[THRESHOLD_SIGNATURE].fn(
@@ -498,15 +497,16 @@ def _padded_size(rows, max_batch_size):
     return min(1 << (rows - 1).bit_length(), max_batch_size)
 
 
-_METRICS = []
+def _rows(arrays):
+    """The rows of a request: its inputs' common length."""
+    return len(next(iter(arrays.values())))
 
 
+@functools.cache
 def _default_metrics():
     """The process's `ServingMetrics` on prometheus_client's registry,
     which KServe serves at `/metrics`; shared by the models served."""
-    if not _METRICS:
-        _METRICS.append(ServingMetrics())
-    return _METRICS[0]
+    return ServingMetrics()
 
 
 def _parse_json(body):
@@ -671,8 +671,15 @@ class V2JsonWithoutContentType:
                 b"inference-header-content-length" not in headers
                 and not content_type.split(b";")[0].strip().endswith(b"json")
             ):
-                headers[b"content-type"] = b"application/json"
-                scope = dict(scope, headers=list(headers.items()))
+                others = [
+                    (name, value)
+                    for name, value in scope["headers"]
+                    if name != b"content-type"
+                ]
+                scope = dict(
+                    scope,
+                    headers=[*others, (b"content-type", b"application/json")],
+                )
         return await self.app(scope, receive, send)
 
 
