@@ -319,7 +319,77 @@ class TestGuarantees:
                 pass  # infeasible is fine: the gate is fit first
         tuning = split_oracle(len(x))
         layer = tac.confidence_layer
-        novelty = parts[tuning, 3].astype("float64")
-        assert float(keras.ops.convert_to_numpy(layer.gate_center)) == (
-            pytest.approx(np.quantile(novelty, layer.gate_quantile), rel=1e-5)
+        novelty = sorted(parts[tuning, 3].astype("float64"))
+        # The conformal quantile by hand: rank ceil((n + 1) * 0.99) of the
+        # tuning inputs' novelty, or an open gate past the last.
+        rank = math.ceil((len(novelty) + 1) * layer.gate_quantile)
+        expected = (
+            novelty[rank - 1]
+            if rank <= len(novelty)
+            else float(np.finfo("float32").max)
         )
+        assert float(keras.ops.convert_to_numpy(layer.gate_center)) == (
+            pytest.approx(expected, rel=1e-5)
+        )
+
+
+class TestTrainingLikeWarning:
+    """`calibrate` warns when its inputs look like training data."""
+
+    def _overfit_tac(self):
+        # Well separated classes: the base is right on every training row
+        # and its max softmax saturates there.
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 3, 120)
+        x = (rng.normal(size=(120, 6)) + 8.0 * np.eye(3, 6)[y]).astype(
+            "float32"
+        )
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(16, activation="relu")(inputs)
+        base = keras.Model(inputs, keras.layers.Dense(3)(h))
+        base.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        base.fit(x, y, epochs=200, verbose=0)
+        tac = keras_tac.TACModel(base, num_slices=4)
+        tac.compile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tac.fit(x, y, epochs=5, verbose=0)
+        return tac, x, y
+
+    def test_warns_on_training_rows(self):
+        tac, x, y = self._overfit_tac()
+        # Oracle: the criteria by hand on the base's own outputs.
+        logits = tac.base_model.predict(x, verbose=0)
+        assert np.mean(np.argmax(logits, 1) == y) >= 0.995
+        with pytest.warns(UserWarning, match="right on 100.0%.*look like"):
+            tac.calibrate(x, y, verbose=0)
+        probabilities = keras.ops.convert_to_numpy(
+            keras.ops.softmax(logits, axis=-1)
+        )
+        if np.mean(probabilities.max(1) >= 1 - 1e-4) >= 0.9:
+            # Without labels, the saturated softmax alone warns.
+            with pytest.warns(UserWarning, match="max softmax exceeds"):
+                tac.calibrate(x, verbose=0)
+
+    def test_no_warning_on_held_out_data(self, trained_cnn, digits):
+        (x_train, y_train), (x_test, y_test) = digits
+        tac = keras_tac.TACModel(trained_cnn, seed=1)
+        tac.compile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tac.fit(x_train, y_train, epochs=1, batch_size=64, verbose=0)
+        # The fixture's CNN errs on a few percent of the test digits.
+        predicted = tac.predict(x_test, verbose=0)["prediction"]
+        assert np.mean(predicted == y_test) < 0.99
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            tac.calibrate(x_test, y_test, verbose=0)
+
+    def test_few_inputs_never_warn(self):
+        tac, x, y = self._overfit_tac()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            tac.calibrate(x[:10], y[:10], verbose=0)

@@ -31,6 +31,14 @@ METHODS = ("ltt", "sgr")
 # n = 2,000, alpha = 1%), as `thresholds.risk_threshold`'s default.
 TUNING_FRACTION = 0.1
 SPLIT_SEED = 0
+# `calibrate` warns that its inputs look like training data when, on at
+# least `TRAINING_LIKE_MIN_INPUTS` finite inputs, the base is right on
+# `TRAINING_LIKE_ACCURACY` of them, or its max softmax is above
+# exp(SATURATED_LOG_SOFTMAX) (0.9999) on `TRAINING_LIKE_SATURATED` of them.
+TRAINING_LIKE_MIN_INPUTS = 20
+TRAINING_LIKE_ACCURACY = 0.995
+TRAINING_LIKE_SATURATED = 0.9
+SATURATED_LOG_SOFTMAX = math.log(1.0 - 1e-4)
 
 
 def calibration_targets(
@@ -211,6 +219,7 @@ def calibrate(
             "Cannot calibrate: no calibration input gave a finite "
             "confidence (all inputs are non-finite)."
         )
+    _warn_if_training_like(outputs, labels, finite)
     tuning = _tuning_mask(model, targets, len(finite))
     confidence = outputs["confidence"]
     if model.confidence_layer is not None:
@@ -264,6 +273,42 @@ def calibrate(
             float(correct[accepted].mean()) if accepted.any() else math.nan
         )
     return summary
+
+
+def _warn_if_training_like(outputs, labels, finite):
+    """Warns when the held-out inputs look like training data: the base
+    right on almost all of them (with labels), or its max softmax
+    saturated on almost all of them. What `calibrate` fits there (the
+    combined confidence's standardisation, the thresholds) would then be
+    optimistic on new inputs."""
+    count = int(finite.sum())
+    if count < TRAINING_LIKE_MIN_INPUTS:
+        return
+    signs = []
+    if labels is not None:
+        accuracy = float(
+            np.mean(outputs["prediction"][finite] == labels[finite])
+        )
+        if accuracy >= TRAINING_LIKE_ACCURACY:
+            signs.append(f"the base is right on {accuracy:.1%} of them")
+    if "confidence_parts" in outputs:
+        log_max_softmax = outputs["confidence_parts"][finite, 1]
+        saturated = float(np.mean(log_max_softmax >= SATURATED_LOG_SOFTMAX))
+        if saturated >= TRAINING_LIKE_SATURATED:
+            signs.append(
+                f"its max softmax exceeds {math.exp(SATURATED_LOG_SOFTMAX):.4f}"
+                f" on {saturated:.1%} of them"
+            )
+    if signs:
+        warnings.warn(
+            f"TACModel.calibrate: on these {count} held-out inputs "
+            + " and ".join(signs)
+            + ": they look like training data. The combined confidence's "
+            "standardisation and the thresholds fitted on them will be "
+            "optimistic on new inputs. Calibrate on inputs the model did "
+            "not train on (e.g. hold out a fifth of the training data).",
+            stacklevel=4,
+        )
 
 
 def _tuning_mask(model, targets, count):

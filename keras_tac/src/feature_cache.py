@@ -31,6 +31,7 @@ from keras_tac.src import feature_graph
 from keras_tac.src import keras_internals
 from keras_tac.src import statistics
 from keras_tac.src import training as training_lib
+from keras_tac.src import training_budget
 from keras_tac.src.features import FeatureExtractor
 from keras_tac.src.features import dataset_elements
 from keras_tac.src.streaming import ArrayBatches
@@ -161,7 +162,7 @@ def reason_not_to_cache(
 
 
 def fit_on_cached_features(
-    model, x, y, validation_data, fit_kwargs, directory=None
+    model, x, y, validation_data, fit_kwargs, directory=None, passes=1
 ):
     """Trains `model.head` on cached features; returns the `History`.
 
@@ -173,6 +174,8 @@ def fit_on_cached_features(
         directory: the cache directory the user named (kept, and reused
             when it matches the model and the data), or `None` (memory, or
             a temporary directory removed afterwards).
+        passes: int. Passes over the training features per epoch (the
+            automatic budget's, `keras_tac.src.training_budget`).
     """
     fit_kwargs = dict(fit_kwargs)
     verbose = fit_kwargs.pop("verbose", "auto")
@@ -241,10 +244,13 @@ def fit_on_cached_features(
             )
         if on_disk:
             x, y, validation_data, fit_kwargs = _as_batches(
-                features, labels, validation_data, fit_kwargs
+                features, labels, validation_data, fit_kwargs, passes
             )
         else:
-            x = features
+            x, y = training_budget.repeat((features, y), passes)
+            fit_kwargs["sample_weight"] = training_budget.repeat(
+                fit_kwargs.get("sample_weight"), passes
+            )
         callbacks = keras.callbacks.CallbackList(
             fit_kwargs.pop("callbacks", None),
             add_history=True,
@@ -545,7 +551,7 @@ def _data_fingerprint(x, y):
     return disk_cache.array_fingerprint(x, y)
 
 
-def _as_batches(features, y, validation_data, fit_kwargs):
+def _as_batches(features, y, validation_data, fit_kwargs, passes=1):
     """Disk-cached features as `ArrayBatches`, so that `fit` reads one batch
     at a time (the array adapter of TensorFlow would load them whole)."""
     batch_size = fit_kwargs.pop("batch_size", None) or 32
@@ -571,7 +577,12 @@ def _as_batches(features, y, validation_data, fit_kwargs):
             fit_kwargs.pop("validation_batch_size", None) or batch_size,
         )
     train = ArrayBatches(
-        features, y, sample_weight, batch_size, rows=rows, shuffle=shuffle
+        features,
+        y,
+        sample_weight,
+        batch_size,
+        rows=np.tile(rows, passes),
+        shuffle=shuffle,
     )
     fit_kwargs["shuffle"] = False
     return train, None, validation_data, fit_kwargs

@@ -27,6 +27,8 @@ from keras_tac.src.validation import model_inputs
 BASE_OUTPUTS = ("auto", "logits", "probabilities")
 # The model's confidence scores: keras-tac's default, then TAC's own.
 MODEL_SCORES = ("combined", *SCORES)
+# `compile`'s default learning rate for an add-on head (frozen base).
+ADDON_LEARNING_RATE = 1e-2
 
 
 @keras_tac_export("keras_tac.TACModel")
@@ -90,7 +92,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
     >>> tac = TACModel(base, tap_layers=["conv", "features"], num_slices=4)
     >>> tac.codes.shape
     (3, 8)
-    >>> tac.compile(optimizer="adam")
+    >>> tac.compile()
     >>> x = np.random.rand(32, 8, 8, 1).astype("float32")
     >>> y = np.random.randint(0, 3, size=32)
     >>> _ = tac.fit(x, y, epochs=1, verbose=0)
@@ -224,15 +226,26 @@ class TACModel(FrozenBaseMixin, keras.Model):
         outputs["input_is_finite"] = rejection.finite_per_sample(inputs)
         return outputs
 
-    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
-        """`keras.Model.compile` with TAC's defaults: `optimizer="adam"`;
-        the objective (`TACLoss`) and the metrics `base_accuracy` and
-        `tac_accuracy` are built in, so `loss` and `metrics` stay `None`."""
+    def compile(self, optimizer=None, loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with TAC's defaults: the objective
+        (`TACLoss`) and the metrics `base_accuracy` and `tac_accuracy` are
+        built in, so `loss` and `metrics` stay `None`.
+
+        `optimizer=None` (the default) is Adam at a learning rate of
+        `1e-2` for an add-on head (`train_base=False`: the head is small
+        and converges in far fewer steps than at Keras's `1e-3`; measured
+        in docs/architectures.md, "Small data"), and Keras's Adam (`1e-3`)
+        when the base trains too. Any optimizer or name is used as given.
+        """
         if loss is not None or metrics:
             raise ValueError(
                 "TACModel computes its own objective (`TACLoss`) and metrics "
                 "(`base_accuracy`, `tac_accuracy`); expected loss=None and "
                 f"metrics=None. Received: loss={loss!r}, metrics={metrics!r}"
+            )
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(
+                ADDON_LEARNING_RATE if not self.train_base else 1e-3
             )
         super().compile(optimizer=optimizer, **kwargs)
 
@@ -253,6 +266,15 @@ class TACModel(FrozenBaseMixin, keras.Model):
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit` for the TAC head (and the base, with
         `train_base=True`), then the combined confidence's statistics.
+
+        Without `epochs` (or with `epochs="auto"`), the head trains until
+        its loss stops improving (the validation loss, with validation
+        data), within a budget of at least 2,000 optimizer steps: on
+        small data an epoch is a few steps, and one number of epochs
+        does not fit all (`keras_tac.src.training_budget`). An explicit
+        `epochs` keeps Keras's meaning. `fit` warns when the head ends
+        under-trained: still improving, or less accurate than the base on
+        the training data.
 
         Beside Keras's arguments it takes `cache_features` (`None`: train
         the head on pooled taps computed once when the base is frozen and

@@ -62,13 +62,23 @@ def brute_force_knn(features, bank, k, valid):
     return np.array(result)
 
 
+def conformal_oracle(values, quantile):
+    """By hand: the ceil((n + 1) q)-th smallest value, or the largest
+    float32 (an open gate) when that rank is past the n values."""
+    n = len(values)
+    rank = -(-(n + 1) * round(quantile * 1000) // 1000)  # exact ceiling
+    if rank > n:
+        return float(np.finfo("float32").max)
+    return sorted(values)[rank - 1]
+
+
 def numpy_combine(parts, calibration, gate_quantile, weight=10.0, width=0.5):
     """The formula of the `CombinedConfidence` docstring, in NumPy."""
     centers = calibration[:, :3].mean(axis=0)
     scales = calibration[:, :3].std(axis=0)
     z = (parts[:, :3] - centers) / scales
     evidence = z[:, 0] + z[:, 1] - z[:, 2]
-    q = np.quantile(calibration[:, 3], gate_quantile)
+    q = conformal_oracle(list(calibration[:, 3]), gate_quantile)
     s = calibration[:, 3].std()
     return evidence - weight * special.expit((parts[:, 3] - q) / (width * s))
 
@@ -272,7 +282,7 @@ class TestCombinedConfidence:
         )
         np.testing.assert_allclose(
             to_numpy(layer.gate_center),
-            np.quantile(finite[:, 3], 0.75),
+            sorted(finite[:, 3])[29],  # 38 values: rank ceil(39 * 0.75) = 30
             rtol=1e-5,
         )
         np.testing.assert_allclose(
@@ -280,15 +290,18 @@ class TestCombinedConfidence:
         )
         assert float(to_numpy(layer.ready)) == 1.0
 
-    def test_calibrate_constant_signal(self):
-        parts = np.ones((5, 4))
+    @pytest.mark.parametrize("count, expected", [(5, 0.0), (200, -5.0)])
+    def test_calibrate_constant_signal(self, count, expected):
+        parts = np.ones((count, 4))
         layer = make_layer()
         layer.calibrate(parts)
         assert np.all(to_numpy(layer.scales) > 0)
         assert float(to_numpy(layer.gate_scale)) > 0
         confidence = to_numpy(layer.combine(parts))
-        # Every signal at its centre: no evidence, half the gate.
-        np.testing.assert_allclose(confidence, -5.0, atol=1e-5)
+        # Every signal at its centre: no evidence; with 200 inputs, half
+        # the gate (weight 10); with 5, too few to place the 0.99
+        # quantile, the gate stays open.
+        np.testing.assert_allclose(confidence, expected, atol=1e-5)
 
     def test_calibrate_needs_two_finite_rows(self):
         parts = np.ones((3, 4))

@@ -14,6 +14,27 @@ from keras_tac.src.confidence_ops import mahalanobis_novelty
 
 # The signals of the combined confidence, in the order of `"parts"`.
 PARTS = ("tac", "log_softmax", "knn", "novelty")
+# The gate's center when the held-out inputs are too few to place it: no
+# finite novelty reaches it, so the gate stays open.
+OPEN_GATE = float(np.finfo("float32").max)
+
+
+def conformal_quantile(values, quantile):
+    """The `ceil((n + 1) * quantile)`-th smallest of the `n` values: a new
+    exchangeable value is at most this with probability at least
+    `quantile`. `OPEN_GATE` when that rank exceeds `n` (fewer than
+    `quantile / (1 - quantile)` values: 99 at 0.99).
+
+    Example:
+
+    >>> conformal_quantile(np.arange(1.0, 100.0), 0.9)
+    90.0
+    >>> conformal_quantile(np.arange(1.0, 10.0), 0.99) == OPEN_GATE
+    True
+    """
+    values = np.sort(np.asarray(values, "float64"))
+    rank = int(np.ceil((len(values) + 1) * quantile - 1e-9))
+    return OPEN_GATE if rank > len(values) else float(values[rank - 1])
 
 
 @keras_tac_export("keras_tac.layers.CombinedConfidence")
@@ -33,8 +54,12 @@ class CombinedConfidence(keras.layers.Layer):
     ```
 
     The `z`-scores use means and standard deviations on held-out
-    in-distribution data (`TACModel.calibrate`), `q` is the
-    `gate_quantile` quantile of `D` there and `s_D` its standard deviation:
+    in-distribution data (`TACModel.calibrate`), `q` is the conformal
+    `gate_quantile` quantile of `D` there (`conformal_quantile`: the
+    `ceil((n + 1) * gate_quantile)`-th smallest of `n`, so that a new
+    in-distribution input passes with probability at least
+    `gate_quantile`; with too few held-out inputs to place it, 98 or
+    fewer at 0.99, the gate stays open) and `s_D` its standard deviation:
     inputs as typical as the training data are ranked by `E`, which detects
     errors, while inputs more novel than almost all held-out ones lose
     `gate_weight` points, so that out-of-distribution inputs rank below
@@ -229,7 +254,7 @@ class CombinedConfidence(keras.layers.Layer):
         self.scales.assign(np.maximum(scales, 1e-6).astype("float32"))
         novelty = parts[:, 3]
         self.gate_center.assign(
-            np.float32(np.quantile(novelty, self.gate_quantile))
+            np.float32(conformal_quantile(novelty, self.gate_quantile))
         )
         self.gate_scale.assign(np.float32(max(novelty.std(), 1e-6)))
         self.ready.assign(1.0)
