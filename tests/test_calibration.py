@@ -388,6 +388,16 @@ class TestTrainingLikeWarning:
             warnings.simplefilter("error", UserWarning)
             tac.calibrate(x_test, y_test, verbose=0)
 
+    def test_labels_overrule_a_saturated_softmax(self):
+        # The base saturated but wrong on some held-out rows: with labels
+        # the accuracy decides, and 90% is no sign of training data.
+        tac, x, y = self._overfit_tac()
+        wrong = (y[:40] + 1) % 3
+        labels = np.concatenate([wrong[:4], y[4:40]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            tac.calibrate(x[:40], labels, verbose=0)
+
     def test_few_inputs_never_warn(self):
         tac, x, y = self._overfit_tac()
         with warnings.catch_warnings():

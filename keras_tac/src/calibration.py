@@ -33,8 +33,9 @@ TUNING_FRACTION = 0.1
 SPLIT_SEED = 0
 # `calibrate` warns that its inputs look like training data when, on at
 # least `TRAINING_LIKE_MIN_INPUTS` finite inputs, the base is right on
-# `TRAINING_LIKE_ACCURACY` of them, or its max softmax is above
-# exp(SATURATED_LOG_SOFTMAX) (0.9999) on `TRAINING_LIKE_SATURATED` of them.
+# `TRAINING_LIKE_ACCURACY` of them, or (without labels) its max softmax is
+# above exp(SATURATED_LOG_SOFTMAX) (0.9999) on `TRAINING_LIKE_SATURATED`
+# of them.
 TRAINING_LIKE_MIN_INPUTS = 20
 TRAINING_LIKE_ACCURACY = 0.995
 TRAINING_LIKE_SATURATED = 0.9
@@ -277,8 +278,8 @@ def calibrate(
 
 def _warn_if_training_like(outputs, labels, finite):
     """Warns when the held-out inputs look like training data: the base
-    right on almost all of them (with labels), or its max softmax
-    saturated on almost all of them. What `calibrate` fits there (the
+    right on almost all of them (with labels), or (without labels) its max
+    softmax saturated on almost all of them. What `calibrate` fits there (the
     combined confidence's standardisation, the thresholds) would then be
     optimistic on new inputs."""
     count = int(finite.sum())
@@ -291,7 +292,10 @@ def _warn_if_training_like(outputs, labels, finite):
         )
         if accuracy >= TRAINING_LIKE_ACCURACY:
             signs.append(f"the base is right on {accuracy:.1%} of them")
-    if "confidence_parts" in outputs:
+    # Without labels, a saturated softmax is the only sign. With them, the
+    # accuracy is the direct one: a base saturated on truly held-out
+    # inputs (an overconfident MLP on 91 rows of a table) is no alarm.
+    if labels is None and "confidence_parts" in outputs:
         log_max_softmax = outputs["confidence_parts"][finite, 1]
         saturated = float(np.mean(log_max_softmax >= SATURATED_LOG_SOFTMAX))
         if saturated >= TRAINING_LIKE_SATURATED:
