@@ -271,6 +271,17 @@ class TestUndertrainedWarning:
             warnings.simplefilter("error", UserWarning)
             tac.fit(x, y, verbose=0)
 
+    def test_an_exhausted_budget_says_so(self, monkeypatch):
+        # Oracle: a budget of 10 epochs, too short for Adam at 1e-4, so
+        # the loss is still falling and TAC behind the base at the end.
+        monkeypatch.setattr(training_budget, "MIN_STEPS", 1)
+        x, y = _separable()
+        tac = keras_tac.TACModel(_base(x, y), num_slices=4)
+        tac.compile(optimizer=keras.optimizers.Adam(1e-4))
+        with pytest.warns(UserWarning, match="automatic budget.*ran out"):
+            history = tac.fit(x, y, batch_size=32, verbose=0)
+        assert len(history.history["loss"]) == training_budget.MIN_EPOCHS
+
     def test_one_epoch_behind_the_base_is_too_few_to_tell(self):
         x, y = _separable()
         tac = keras_tac.TACModel(_base(x, y), num_slices=4)

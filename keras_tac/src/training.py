@@ -241,9 +241,8 @@ def warn_if_undertrained(model, history, num_samples=None, stop=None):
     accuracy on the training data more than `ACCURACY_TOLERANCE` (or one
     sample) below the base's, or its loss still falling by more than
     `IMPROVING_TOLERANCE` of the first epoch's loss over the last fifth of
-    the epochs (unless
-    `stop`, the automatic budget's `ConvergenceStop`, ended training).
-    The message names what to change."""
+    the epochs, unless `stop` (the automatic budget's `ConvergenceStop`)
+    ended training. The message names what to change."""
     logs = getattr(history, "history", None) or {}
     losses = [v for v in logs.get("loss", []) if math.isfinite(v)]
     if not logs.get("tac_accuracy") or not logs.get("base_accuracy"):
@@ -274,15 +273,22 @@ def warn_if_undertrained(model, history, num_samples=None, stop=None):
         f"{tac_accuracy:.1%} against the base's {base_accuracy:.1%} (chance "
         f"{chance:.1%})"
     )
-    train_longer = (
-        " Leave `epochs` out (fit then trains until the loss stops "
-        "improving), or raise `epochs` or the optimizer's learning rate."
-    )
+    if stop is None:
+        train_longer = (
+            " Leave `epochs` out (fit then trains until the loss stops "
+            "improving), or raise `epochs` or the optimizer's learning rate."
+        )
+    else:
+        # The automatic budget ran out before the loss settled.
+        train_longer = (
+            f" The automatic budget ({len(losses)} epochs) ran out: pass a "
+            "larger `epochs`, or raise the optimizer's learning rate."
+        )
     if improving:
         what = (
-            f"{accuracies}, and its loss was still falling ({falling:.1%} "
-            f"over the last {window} epochs): the TAC head is under-trained."
-            + train_longer
+            f"{accuracies}, and its loss was still falling (by "
+            f"{falling:.1%} of its first epoch's value over the last "
+            f"{window} epochs): the TAC head is under-trained." + train_longer
         )
     elif unknown:
         what = (
