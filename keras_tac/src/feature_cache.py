@@ -257,7 +257,7 @@ def fit_on_cached_features(
             add_progbar=verbose not in (0, False),
             verbose=1 if verbose == "auto" else verbose,
             epochs=fit_kwargs.get("epochs", 1),
-            steps=_steps_per_epoch(x, fit_kwargs),
+            steps=training_budget.steps_per_epoch(x, fit_kwargs),
             model=model,
         )
         _ACTIVE_TRAINERS[model] = trainer
@@ -586,19 +586,6 @@ def _as_batches(features, y, validation_data, fit_kwargs, passes=1):
     )
     fit_kwargs["shuffle"] = False
     return train, None, validation_data, fit_kwargs
-
-
-def _steps_per_epoch(x, fit_kwargs):
-    """The batches per epoch, as Keras's `fit` would count them."""
-    if fit_kwargs.get("steps_per_epoch"):
-        return fit_kwargs["steps_per_epoch"]
-    if isinstance(x, keras.utils.PyDataset):
-        return len(x)
-    num_samples = _num_samples(x)
-    split = fit_kwargs.get("validation_split") or 0.0
-    if split:
-        num_samples = int(math.ceil(num_samples * (1.0 - split)))
-    return math.ceil(num_samples / (fit_kwargs.get("batch_size") or 32))
 
 
 def _announce(message, verbose):

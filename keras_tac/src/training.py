@@ -254,17 +254,16 @@ def warn_if_undertrained(model, history, num_samples=None, stop=None):
         tolerance = max(tolerance, 1.0 / num_samples)
     behind = tac_accuracy < base_accuracy - tolerance
     window = max(2, math.ceil(0.2 * len(losses)))
+    stopped = stop is not None and stop.stopped_epoch is not None
     falling = 0.0
-    if len(losses) > window and (stop is None or stop.stopped_epoch is None):
+    if len(losses) > window and not stopped:
         # Relative to the first epoch's loss, as `ConvergenceStop`.
         falling = (losses[-window - 1] - losses[-1]) / max(
             abs(losses[0]), 1e-12
         )
     improving = falling > (FALLING_TOLERANCE if behind else IMPROVING_TOLERANCE)
     # Too few epochs to see a trend: the head may still be improving.
-    unknown = len(losses) <= window and (
-        stop is None or stop.stopped_epoch is None
-    )
+    unknown = len(losses) <= window and not stopped
     if not (behind or improving):
         return
     chance = 1.0 / model.num_classes

@@ -16,6 +16,8 @@ import math
 import keras
 import numpy as np
 
+from keras_tac.src.validation import model_inputs
+
 # At least this many optimizer steps, and this many epochs, capped at
 # `MAX_EPOCHS`. Measured with `compile`'s default (Adam, 1e-2) on series
 # and tables of 50 to 270 rows: 1,000 steps brought TAC's accuracy to the
@@ -204,7 +206,7 @@ def apply(x, fit_kwargs, validation_data):
         and steps < MIN_EPOCH_STEPS
         and not split
         and not fit_kwargs.get("steps_per_epoch")
-        and _is_arrays(x)
+        and model_inputs.is_arrays(x)
     ):
         passes = math.ceil(MIN_EPOCH_STEPS / steps)
         steps *= passes
@@ -230,12 +232,4 @@ def repeat(data, passes):
         return data
     return keras.tree.map_structure(
         lambda array: np.concatenate([np.asarray(array)] * passes), data
-    )
-
-
-def _is_arrays(x):
-    leaves = keras.tree.flatten(x)
-    return bool(leaves) and all(
-        isinstance(leaf, np.ndarray) or keras.ops.is_tensor(leaf)
-        for leaf in leaves
     )
