@@ -18,7 +18,7 @@ from keras_tac import codes
 from keras_tac import metrics
 from keras_tac import thresholds
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def _is_model_server():

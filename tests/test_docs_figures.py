@@ -1,204 +1,227 @@
 """The figures quoted in the README and docs are the recorded ones.
 
-A table that quotes recorded figures is preceded by a marker naming where
-they are recorded, `<!-- figures: NAME MODE BACKEND -->` (the figures of
-`examples/results/NAME.json` under `MODE`, `BACKEND`), and followed by a
-line that gives their commit and backend. Every row of a `| figure |
-value |` table must be a recorded figure, shown rounded; for a table with
-one row per scenario and one column per score, `key=TEMPLATE` in the
-marker says how a cell's figure is named (`{c0}`, `{c1}`, ... are the
-row's first cells, which name it, and `{column}` the column's header).
-So a figure that drifts, and is recorded again, fails here until the text
-says the same."""
+A block that quotes recorded figures is preceded by a marker naming where
+they are recorded (`<!-- figures: NAME MODE BACKEND [key=TEMPLATE] -->` for
+`examples/results/NAME.json`, and the serving, benchmark and drift monitor
+markers for `benchmarks/results/`), and `docs/hooks/figures.py` regenerates
+it from there (see its docstring). Each document must be exactly what it
+regenerates: a figure that drifts, and is recorded again, fails here until
+`python docs/hooks/figures.py --write` rewrites the text."""
 
+import difflib
+import glob
+import importlib.util
 import json
 import os
-import re
+import types
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKER = re.compile(r"<!-- figures: (\S+) (\S+) (\S+)(?: key=(\S+))? -->")
-DOCUMENTS = ["README.md"] + [
-    os.path.join("docs", name)
-    for name in sorted(os.listdir(os.path.join(ROOT, "docs")))
-    if name.endswith(".md")
-]
+EXAMPLE_RESULTS = os.path.join(ROOT, "examples", "results")
+BENCHMARK_RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
-
-def quoted_tables(text):
-    """`(name, mode, backend, key, rows, line after the table)` per
-    marker; `rows` are the table's rows as lists of cells, header first."""
-    lines = text.splitlines()
-    tables = []
-    for index, line in enumerate(lines):
-        match = MARKER.search(line)
-        if not match:
-            continue
-        rows, end = [], index + 1
-        while end < len(lines) and not lines[end].strip():
-            end += 1
-        while end < len(lines) and lines[end].startswith("|"):
-            cells = [cell.strip() for cell in lines[end].strip("|").split("|")]
-            if not set("".join(cells)) <= set("-: "):
-                rows.append(cells)
-            end += 1
-        while end < len(lines) and not lines[end].strip():
-            end += 1
-        after = lines[end] if end < len(lines) else ""
-        tables.append((*match.groups(), rows, after))
-    return tables
-
-
-def shown(value, text):
-    """Whether `text` is `value` rounded to the digits `text` shows."""
-    number = re.fullmatch(r"\**(-?\d+(?:\.(\d+))?)\**(?: ±.*)?", text)
-    assert number, f"not a figure: {text!r}"
-    digits = len(number.group(2) or "")
-    return abs(float(number.group(1)) - value) <= 0.5 * 10**-digits + 1e-9
-
-
-def all_tables():
-    for document in DOCUMENTS:
-        with open(os.path.join(ROOT, document)) as file:
-            for table in quoted_tables(file.read()):
-                yield document, table
-
-
-def test_the_readme_quotes_recorded_figures():
-    assert any(document == "README.md" for document, _ in all_tables())
-
-
-@pytest.mark.parametrize(
-    "document, table",
-    list(all_tables()),
-    ids=lambda value: value if isinstance(value, str) else value[0],
+# `docs/` is not a package: the hook is loaded from its file.
+_spec = importlib.util.spec_from_file_location(
+    "docs_hooks_figures", os.path.join(ROOT, "docs", "hooks", "figures.py")
 )
-def test_quoted_figures_are_the_recorded_ones(document, table):
-    name, mode, backend, key, rows, after = table
-    with open(os.path.join(ROOT, "examples", "results", f"{name}.json")) as f:
-        recorded = json.load(f)[mode][backend]
-    figures, stamp = recorded["figures"], recorded["stamp"]
-    header, body = rows[0], rows[1:]
-    assert body, f"{document}: empty table after the {name} marker"
-    for row in body:
-        if key is None:
-            figure, value = row[0].strip("`"), row[1]
-            assert figure in figures, f"{document}: {figure!r} not recorded"
-            assert shown(figures[figure], value), (
-                f"{document}: {figure} shows {value}, recorded "
-                f"{figures[figure]:.6f} at {stamp['commit']}"
-            )
-            continue
-        labels = len(set(re.findall(r"\{c\d+\}", key)))
-        names = {f"c{i}": row[i].strip("`*") for i in range(labels)}
-        for column, value in zip(header[labels:], row[labels:]):
-            figure = key.format(column=column.strip("`"), **names)
-            assert figure in figures, f"{document}: {figure!r} not recorded"
-            assert shown(figures[figure], value), (
-                f"{document}: {figure} shows {value}, recorded "
-                f"{figures[figure]:.6f} at {stamp['commit']}"
-            )
-    # The line after the table says where the figures come from.
-    assert f"`{stamp['commit']}`" in after and backend in after.lower(), (
-        f"{document}: the line after the {name} table must give commit "
-        f"`{stamp['commit']}` and backend {backend}: {after!r}"
+figures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(figures)
+
+DOCUMENTS = figures.documents()
+
+
+def read(document):
+    with open(os.path.join(ROOT, document), encoding="utf-8") as file:
+        return file.read()
+
+
+def markers(pattern):
+    """`[(document, groups)]` of every marker matching `pattern`."""
+    return [
+        (document, match.groups())
+        for document in DOCUMENTS
+        for match in pattern.finditer(read(document))
+    ]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_documents_quote_the_recorded_figures(document):
+    text = read(document)
+    regenerated, problems = figures.regenerate(text)
+    diff = difflib.unified_diff(
+        text.splitlines(), regenerated.splitlines(), lineterm="", n=0
+    )
+    # What `--write` would change, then what it cannot (fix those by hand).
+    assert regenerated == text and not problems, "\n".join(
+        [
+            f"{document} is not what its recorded results give "
+            "(`python docs/hooks/figures.py --write` rewrites it):",
+            *diff,
+            *problems,
+        ]
     )
 
 
+def test_the_readme_quotes_recorded_figures():
+    assert any(
+        document == "README.md"
+        for document, _ in markers(figures.FIGURES_MARKER)
+    )
+
+
+def test_markers_name_recorded_results():
+    for document, (name, mode, backend, _) in markers(figures.FIGURES_MARKER):
+        path = os.path.join(EXAMPLE_RESULTS, f"{name}.json")
+        assert os.path.exists(path), f"{document}: no {path}"
+        with open(path) as file:
+            recorded = json.load(file)
+        assert backend in recorded.get(mode, {}), (document, name, mode)
+        assert recorded[mode][backend]["stamp"]["backend"] == backend
+    for pattern, files in [
+        (figures.SERVING_MARKER, "serving_full_{}.json"),
+        (figures.DRIFT_MARKER, "drift_monitor_{}.json"),
+        (figures.BENCHMARK_MARKER, "{}_tensorflow.json"),
+    ]:
+        for document, (argument,) in markers(pattern):
+            path = os.path.join(BENCHMARK_RESULTS, files.format(argument))
+            assert os.path.exists(path), f"{document}: no {path}"
+
+
+def test_every_recorded_result_is_quoted():
+    # Moving a table from one document to another must not lose it.
+    quoted = {groups[0] for _, groups in markers(figures.FIGURES_MARKER)}
+    for path in glob.glob(os.path.join(EXAMPLE_RESULTS, "*.json")):
+        name = os.path.basename(path)[: -len(".json")]
+        assert name in quoted, f"{name}.json is quoted nowhere"
+    for pattern, prefix in [
+        (figures.SERVING_MARKER, "serving_full_"),
+        (figures.DRIFT_MARKER, "drift_monitor_"),
+    ]:
+        quoted = {groups[0] for _, groups in markers(pattern)}
+        for path in glob.glob(os.path.join(BENCHMARK_RESULTS, f"{prefix}*")):
+            backend = os.path.basename(path)[len(prefix) : -len(".json")]
+            assert backend in quoted, f"{path} is quoted nowhere"
+    assert ("short",) in [g for _, g in markers(figures.BENCHMARK_MARKER)]
+
+
 def test_shown_rounds():
+    shown = figures.shown
     assert shown(0.962882, "0.963") and shown(0.962882, "0.9629")
     assert not shown(0.962882, "0.962") and not shown(0.5, "0.6")
     assert shown(0.972, "0.972 ± 0.010") and shown(0.9946, "**0.9946**")
 
 
-SERVING_MARKER = re.compile(r"<!-- serving figures: (\S+) -->")
+# The oracle of the regeneration: a hand-written record and document.
+TOY_RECORD = {
+    "full": {
+        "tensorflow": {
+            "stamp": {"commit": "abc1234", "backend": "tensorflow"},
+            "figures": {
+                "a/x": 0.91234,
+                "a/y": 0.5,
+                "b/x": 0.33333,
+                "b/y": 1.0,
+                "error rate": 0.1266,
+            },
+        }
+    }
+}
+
+TOY_DOCUMENT = """\
+# Toy
+
+<!-- figures: toy full tensorflow key={c0}/{column} -->
+| row | x | y |
+|---|---:|---:|
+| a   | **0.900** | 0.5 |
+| `b` | 0.33 | 1.000 |
+
+Recorded at commit `0000000` on tensorflow, the prose stays.
+
+<!-- figures: toy full tensorflow -->
+| figure | value |
+| --- | --- |
+| error rate | 0.12 |
+
+Recorded at commit `abc1234` on tensorflow.
+"""
+
+TOY_REGENERATED = """\
+# Toy
+
+<!-- figures: toy full tensorflow key={c0}/{column} -->
+| row | x | y |
+|---|---:|---:|
+| a   | **0.912** | 0.5 |
+| `b` | 0.33 | 1.000 |
+
+Recorded at commit `abc1234` on tensorflow, the prose stays.
+
+<!-- figures: toy full tensorflow -->
+| figure | value |
+| --- | --- |
+| error rate | 0.13 |
+
+Recorded at commit `abc1234` on tensorflow.
+"""
 
 
-@pytest.mark.parametrize("document", ["docs/export.md", "README.md"])
-def test_serving_figures_are_the_recorded_ones(document):
-    # Timings are not reproducible: the quoted tables must be exactly what
-    # `python -m benchmarks.serving` printed for its recorded results.
-    from benchmarks.serving import format_table
-
-    with open(os.path.join(ROOT, document)) as file:
-        text = file.read()
-    backends = SERVING_MARKER.findall(text)
-    if document == "docs/export.md":
-        assert sorted(backends) == ["jax", "tensorflow", "torch"]
-    assert backends, f"{document} quotes no serving figures"
-    for backend in backends:
-        path = os.path.join(
-            ROOT, "benchmarks", "results", f"serving_full_{backend}.json"
-        )
-        with open(path) as file:
-            result = json.load(file)
-        assert result["machine"]["backend"] == backend
-        block = format_table(result)
-        assert f"<!-- serving figures: {backend} -->\n\n{block}\n" in text, (
-            f"{document}: the {backend} serving table is not the one "
-            f"recorded in {path}"
-        )
+def toy_regenerate(tmp_path, text, record=TOY_RECORD):
+    with open(tmp_path / "toy.json", "w") as file:
+        json.dump(record, file)
+    return figures.regenerate(text, examples=str(tmp_path))
 
 
-BENCHMARK_MARKER = "<!-- benchmark table: short -->"
+def test_regenerate_rewrites_drifted_figures_and_the_commit(tmp_path):
+    text, problems = toy_regenerate(tmp_path, TOY_DOCUMENT)
+    assert problems == []
+    assert text == TOY_REGENERATED
+    # Regenerating again changes nothing.
+    assert toy_regenerate(tmp_path, text) == (text, [])
 
 
-def test_benchmark_table_is_the_recorded_one():
-    # The README's performance table is `benchmarks.run`'s table of the
-    # recorded short results, line for line, and the paragraph after it
-    # names the commit of every figure in it, and the backends.
-    from benchmarks import run
-
-    results = {}
-    for backend in ("tensorflow", "jax", "torch"):
-        path = os.path.join(
-            ROOT, "benchmarks", "results", f"short_{backend}.json"
-        )
-        with open(path) as file:
-            results[backend] = json.load(file)
-    with open(os.path.join(ROOT, "README.md")) as file:
-        lines = file.read().splitlines()
-    start = lines.index(BENCHMARK_MARKER) + 1
-    while not lines[start].strip():
-        start += 1
-    end = start
-    while lines[end].startswith("|"):
-        end += 1
-    assert lines[start:end] == run.table_lines(results)
-    # The paragraph after the table.
-    while not lines[end].strip():
-        end += 1
-    after = []
-    while end < len(lines) and lines[end].strip():
-        after.append(lines[end])
-        end += 1
-    after = " ".join(after)
-    for backend, backend_commits in run.commits(results).items():
-        assert backend_commits, f"{backend}: no figure records its commit"
-        assert backend in after, (backend, after)
-        for commit in backend_commits:
-            assert f"`{commit}`" in after, (backend, commit, after)
-
-
-DRIFT_MARKER = "<!-- drift monitor figures: jax -->"
-
-
-@pytest.mark.parametrize("document", ["docs/export.md", "README.md"])
-def test_drift_monitor_figures_are_the_recorded_ones(document):
-    # The document quotes `python -m benchmarks.drift_monitor`'s table of
-    # its recorded full run, and the line after it names that run's commit.
-    from benchmarks.drift_monitor import format_table
-
-    path = os.path.join(ROOT, "benchmarks", "results", "drift_monitor_jax.json")
-    with open(path) as file:
-        result = json.load(file)
-    assert result["mode"] == "full" and result["backend"] == "jax"
-    with open(os.path.join(ROOT, document)) as file:
-        text = file.read()
-    block = f"{DRIFT_MARKER}\n\n{format_table(result)}\n\n"
-    assert block in text, (
-        f"{document}: the drift monitor table is not the one recorded in {path}"
+def test_regenerate_checks_what_is_not_recorded(tmp_path):
+    # A mean ± sd cell is kept while its mean is the recorded one; when the
+    # mean moved it is reported, not rewritten (the sd is not recorded).
+    table = (
+        "<!-- figures: toy full tensorflow key={c0}/{column} -->\n"
+        "| row | x | y |\n|---|---|---|\n| a | 0.912 ± 0.030 | {y} |\n\n"
+        "Means, commit `abc1234`, tensorflow.\n"
     )
-    after = text.split(block, 1)[1].split("\n\n", 1)[0]
-    assert f"`{result['commit']}`" in after and "JAX" in after, after
+    kept = table.replace("{y}", "0.50 ± 0.01")
+    assert toy_regenerate(tmp_path, kept) == (kept, [])
+    moved = table.replace("{y}", "0.40 ± 0.01")
+    text, problems = toy_regenerate(tmp_path, moved)
+    assert text == moved and len(problems) == 1 and "a/y" in problems[0]
+    # So is the commit after a table with standard deviations.
+    old_commit = kept.replace("abc1234", "0000000")
+    text, problems = toy_regenerate(tmp_path, old_commit)
+    assert text == old_commit and "by hand" in problems[0]
+    # A figure that is not recorded, and a table without its commit.
+    unknown = TOY_DOCUMENT.replace("| error rate |", "| errors |")
+    text, problems = toy_regenerate(tmp_path, unknown)
+    assert "'errors' is not recorded" in problems[0]
+    no_commit = TOY_DOCUMENT.replace("`0000000`", "0000000")
+    text, problems = toy_regenerate(tmp_path, no_commit)
+    assert "must give commit `abc1234`" in problems[0]
+
+
+def test_the_hook_regenerates_pages():
+    # What MkDocs calls for each page: a drifted figure comes out recorded.
+    with open(os.path.join(EXAMPLE_RESULTS, "mnist_rejection.json")) as file:
+        recorded = json.load(file)["full"]["tensorflow"]
+    page = (
+        "<!-- figures: mnist_rejection full tensorflow -->\n"
+        "| figure | value |\n| --- | --- |\n| base accuracy | 0.100 |\n\n"
+        "Commit `0000000`, tensorflow.\n"
+    )
+    markdown = figures.on_page_markdown(
+        page,
+        page=types.SimpleNamespace(file=types.SimpleNamespace(src_path="x")),
+        config={},
+        files=[],
+    )
+    value = recorded["figures"]["base accuracy"]
+    assert f"| base accuracy | {value:.3f} |" in markdown
+    assert f"Commit `{recorded['stamp']['commit']}`" in markdown

@@ -121,3 +121,19 @@ def test_oldest_constraints_are_the_lower_end():
     pins = _pins("constraints-oldest.txt")
     assert Version(pins["keras"]).release[:2] == keras_floor.release[:2]
     assert Version(pins["jax"]) == jax_floor
+
+
+def test_version_is_the_changelogs_latest():
+    # One version, said three times: pyproject.toml, keras_tac.__version__
+    # and the newest release section of CHANGELOG.md (Keep a Changelog).
+    import re
+
+    import keras_tac
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        version = tomllib.load(file)["project"]["version"]
+    assert keras_tac.__version__ == version
+    with open(os.path.join(ROOT, "CHANGELOG.md")) as file:
+        releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", file.read(), re.M)
+    assert releases and releases[0] == version, releases

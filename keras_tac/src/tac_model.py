@@ -31,6 +31,8 @@ MODEL_SCORES = ("combined", *SCORES)
 ADDON_LEARNING_RATE = 1e-2
 
 
+# The forward pass is keras_tac.src.feature_graph, training
+# keras_tac.src.training.
 @keras_tac_export("keras_tac.TACModel")
 class TACModel(FrozenBaseMixin, keras.Model):
     """A classifier that knows when it is likely wrong: a Total Activation
@@ -42,8 +44,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
     default) scoring the base head's prediction, and a `TACLoss` that pulls
     `z` toward the code of the input's class in `fit`. `calibrate` stores a
     rejection threshold that `predict_with_rejection` and `export` decide
-    with; non-finite inputs are never accepted. The forward pass is
-    `keras_tac.src.feature_graph`, training `keras_tac.src.training`.
+    with; non-finite inputs are never accepted.
 
     The outputs (`predict`, `__call__`) are a dict: `"base_output"`,
     `"profile"`, `"distances"`, `"prediction"`, `"confidence"`,
@@ -56,18 +57,26 @@ class TACModel(FrozenBaseMixin, keras.Model):
         tap_layers: list of layer names, paths (`"backbone/conv_2"`) or
             layers to tap; `None` taps the outputs of the resolution stages
             (`keras_tac.tapping.default_tap_layers`). Defaults to `None`.
-        head, confidence, loss: a `keras_tac.layers.TACHead`, a
-            `keras_tac.layers.CombinedConfidence` (needs `score="combined"`)
-            and a `keras_tac.losses.TACLoss` (bound to the head's codes), or
-            `None` to build them from the flat arguments. Default `None`.
+        head: a `keras_tac.layers.TACHead`, or `None` to build it from the
+            flat arguments. Default `None`.
+        confidence: a `keras_tac.layers.CombinedConfidence` (needs
+            `score="combined"`), or `None` to build it from the flat
+            arguments. Default `None`.
+        loss: a `keras_tac.losses.TACLoss` (bound to the head's codes), or
+            `None` to build it from the flat arguments. Default `None`.
         score: str. `"combined"`, or TAC's own `"distance"`,
             `"nearest_distance"` or `"inner_product"`. Defaults to
             `"combined"`.
-        num_slices, projection, slicing, reduction, temperature,
-            trainable_temperature: the `TACHead`'s arguments (defaults `16`,
-            `"large"`, `"uniform"`, `"mean"`, `10.0`, `False`).
-        cross_entropy_weight, regression_weight, code_noise: the `TACLoss`'s
-            arguments (defaults `1.0`, `10.0`, `0.0`).
+        num_slices: the `TACHead`'s argument. Defaults to `16`.
+        projection: the `TACHead`'s argument. Defaults to `"large"`.
+        slicing: the `TACHead`'s argument. Defaults to `"uniform"`.
+        reduction: the `TACHead`'s argument. Defaults to `"mean"`.
+        temperature: the `TACHead`'s argument. Defaults to `10.0`.
+        trainable_temperature: the `TACHead`'s argument. Defaults to
+            `False`.
+        cross_entropy_weight: the `TACLoss`'s argument. Defaults to `1.0`.
+        regression_weight: the `TACLoss`'s argument. Defaults to `10.0`.
+        code_noise: the `TACLoss`'s argument. Defaults to `0.0`.
         train_base: bool. `False`: the base is frozen and runs in inference
             mode (the caller's model is left trainable); `True`: it trains
             jointly, adding its cross-entropy times `base_loss_weight`
@@ -271,19 +280,35 @@ class TACModel(FrozenBaseMixin, keras.Model):
         its loss stops improving (the validation loss, with validation
         data), within a budget of at least 2,000 optimizer steps: on
         small data an epoch is a few steps, and one number of epochs
-        does not fit all (`keras_tac.src.training_budget`). An explicit
-        `epochs` keeps Keras's meaning. `fit` warns when the head ends
-        under-trained: still improving, or less accurate than the base on
-        the training data.
+        does not fit all. An explicit `epochs` keeps Keras's meaning.
+        `fit` warns when the head ends under-trained: still improving, or
+        less accurate than the base on the training data.
 
-        Beside Keras's arguments it takes `cache_features` (`None`: train
-        the head on pooled taps computed once when the base is frozen and
-        the batches repeat; `True`: require it, also for a finite dataset;
-        `False`), `feature_cache_dir` (keep and reuse the cache there),
-        `augmentation` (a layer or callable applied to each training
-        batch) and `adversarial` (a `keras_tac.attacks.AdversarialTraining`);
-        see `keras_tac.src.training.fit`.
+        Args:
+            x: training inputs (arrays, a `tf.data.Dataset`, a
+                `keras.utils.PyDataset` or a generator), as for Keras.
+            y: integer class labels when `x` is an array.
+            **kwargs: Keras's `fit` arguments (`epochs`, `batch_size`,
+                `validation_data`, `callbacks`, ...) and keras-tac's own:
+                `cache_features` (`None`: train the head on pooled taps
+                computed once when the base is frozen and the batches
+                repeat; `True`: require it, also for a finite dataset;
+                `False`: never), `feature_cache_dir` (keep and reuse the
+                cache in this directory), `augmentation` (a layer or
+                callable applied to each training batch) and `adversarial`
+                (a `keras_tac.attacks.AdversarialTraining`).
+
+        Returns:
+            Keras's `History`.
+
+        Example:
+
+        >>> tac = keras_tac.TACModel(base)  # doctest: +SKIP
+        >>> tac.compile()  # doctest: +SKIP
+        >>> history = tac.fit(x_train, y_train)  # doctest: +SKIP
         """
+        # Documented in full at keras_tac.src.training.fit (the budget
+        # without `epochs`: keras_tac.src.training_budget).
         return training_lib.fit(self, super().fit, x, y, **kwargs)
 
     def jax_state_sync(self):
@@ -317,14 +342,51 @@ class TACModel(FrozenBaseMixin, keras.Model):
         verbose="auto",
         **targets,
     ):
-        """Picks and stores the rejection threshold(s) on held-out data
-        `x` (optional labels `y`): `target_coverage` (default 0.9),
-        `target_tpr`, or guarantees: `target_risk` and/or
-        `target_coverage` with `delta`, `method="ltt"` (default) or
-        `"sgr"`; `per_class=True` for one threshold per predicted class
-        (`keras_tac.src.calibration.calibrate`). Also stores the held-out
-        confidences behind `predict_with_rejection`'s `"p_value"`.
-        Returns a summary dict."""
+        """Picks and stores the rejection threshold(s) on held-out data.
+
+        `predict_with_rejection`, `save` and `export` use what this stores:
+        the threshold (or one per predicted class) and the held-out
+        confidences behind the `"p_value"` output. What each target
+        promises, and under which assumption, is in
+        `keras_tac.thresholds`.
+
+        Args:
+            x: held-out inputs, not used for training (arrays, a
+                `tf.data.Dataset` or a `keras.utils.PyDataset`).
+            y: their integer labels, or `None`. Needed for `target_risk`;
+                with labels, the summary also gives the accuracy.
+            target_coverage: float in (0, 1]. Accept at least this
+                fraction of `x`; with `delta`, a coverage that holds on
+                future inputs with probability `1 - delta`. Defaults to
+                0.9 when no other target is given.
+            batch_size: int. Batch size of the inference pass.
+            verbose: Keras's progress-bar setting.
+            **targets: `target_tpr` (accept at least this fraction of the
+                finite inputs), `target_risk` (the error rate among
+                accepted future inputs is at most this, with probability
+                `1 - delta`; with `target_coverage` too, both hold at
+                once), `delta` (default 0.05), `method` (`"ltt"`,
+                Learn-then-Test, the default; or `"sgr"`) and `per_class`
+                (`True`: one threshold per predicted class).
+
+        Returns:
+            A dict: `"threshold"` (`None` with `per_class=True`) and
+            `"class_thresholds"`, `"coverage"` on `x`, and where they
+            apply `"tpr"`, `"delta"`, `"method"`, `"risk_bound"`,
+            `"num_tuning"`, `"accuracy"` and `"selective_accuracy"`.
+
+        Raises:
+            ValueError: bad targets, labels missing for `target_risk`, or
+                targets that `x` cannot meet (the message names how many
+                calibration inputs would be needed).
+
+        Example:
+
+        >>> summary = tac.calibrate(  # doctest: +SKIP
+        ...     x_val, y_val, target_risk=0.01, delta=0.1
+        ... )
+        """
+        # Documented in full at keras_tac.src.calibration.calibrate.
         return calibration.calibrate(
             self, x, y, batch_size, verbose, target_coverage, **targets
         )
@@ -347,8 +409,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
     ):
         """Exports the model for serving with its rejection threshold: a
         SavedModel (TensorFlow, JAX) or an ONNX file (PyTorch) answering
-        `predict_with_rejection` (`keras_tac.src.export.export_tac_model`).
+        `predict_with_rejection`.
         """
+        # Documented in full at keras_tac.src.export.export_tac_model.
         from keras_tac.src import export as export_lib
 
         export_lib.export_tac_model(

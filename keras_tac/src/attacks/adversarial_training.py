@@ -41,10 +41,15 @@ class AdversarialTraining:
     per batch, and cannot use `TACModel.fit`'s cached features.
 
     Args:
-        epsilon, steps, step_size, random_start, target, clip,
-            confidence_weight: the attack, as in `keras_tac.attacks.pgd`
-            (defaults `0.3`, `10`, `None`, `True`, `"base"`, `(0.0, 1.0)`,
-            `0.0`).
+        epsilon: the attack, as in `keras_tac.attacks.pgd`. Defaults to
+            `0.3`.
+        steps: as in `keras_tac.attacks.pgd`. Defaults to `10`.
+        step_size: as in `keras_tac.attacks.pgd`. Defaults to `None`.
+        random_start: as in `keras_tac.attacks.pgd`. Defaults to `True`.
+        target: as in `keras_tac.attacks.pgd`. Defaults to `"base"`.
+        clip: as in `keras_tac.attacks.pgd`. Defaults to `(0.0, 1.0)`.
+        confidence_weight: as in `keras_tac.attacks.pgd`. Defaults to
+            `0.0`.
         fraction: float in `(0, 1]`. Part of each batch attacked. Defaults
             to `0.5`.
         seed: int or `None`. Seed of the random starts; `None` draws one
@@ -119,8 +124,7 @@ class AdversarialTraining:
     def training_data(self, model, x, y=None, fit_kwargs=None):
         """The training data of `model.fit` with attacked batches.
 
-        Returns `(x, y, fit_kwargs)` for `keras.Model.fit`, as
-        `keras_tac.src.batch_transforms.transformed_data` does: arrays
+        Returns `(x, y, fit_kwargs)` for `keras.Model.fit`: arrays
         become an `AdversarialBatches` (with `batch_size`, `shuffle` and
         `sample_weight` taken from `fit_kwargs`), a `PyDataset` is
         wrapped, a generator mapped. `fit_kwargs["callbacks"]` gains the
@@ -131,11 +135,13 @@ class AdversarialTraining:
         Args:
             model: the model `fit` trains (a `TACModel`, or a plain
                 classifier with `target="base"`).
-            x, y: training data as `fit` takes it: arrays, a
+            x: training data as `fit` takes it: arrays, a
                 `keras.utils.PyDataset` or a generator of `(x, y)` or
                 `(x, y, sample_weight)` batches. Not a `tf.data.Dataset`.
+            y: the labels when `x` is an array, as `fit` takes them.
             fit_kwargs: dict of the other arguments of `fit`, or `None`.
         """
+        # As keras_tac.src.batch_transforms.transformed_data does.
         pgd_lib.check_model(model, self.settings["target"])
         fit_kwargs = dict(fit_kwargs or {})
         seed = self.seed

@@ -47,18 +47,28 @@ class Recipe:
         num_classes: int. The reference's number of classes.
         tap_layers: tuple of str. The tapped layers of the base.
         head_layer: str. The base's classification layer.
-        projection, num_slices, slicing, reduction, temperature, code_noise,
-            mixup_alpha, score, cross_entropy_weight, regression_weight,
-            base_loss_weight: the `TACModel` arguments (`score`:
-            the reference's is `"inner_product"`, `<z, c_pred>`).
+        projection: the `TACModel` argument.
+        num_slices: the `TACModel` argument.
+        slicing: the `TACModel` argument.
+        reduction: the `TACModel` argument.
+        temperature: the `TACModel` argument.
+        code_noise: the `TACModel` argument.
+        mixup_alpha: the `TACModel` argument.
+        score: the `TACModel` argument (the reference's is
+            `"inner_product"`, `<z, c_pred>`).
+        cross_entropy_weight: the `TACModel` argument.
+        regression_weight: the `TACModel` argument.
+        base_loss_weight: the `TACModel` argument.
         train_classification_head: bool. Train `head_layer` in add-on mode.
         learning_rate: float. The initial learning rate.
-        momentum, weight_decay, global_clipnorm: the optimizer's
-            (`CoupledSGD`, PyTorch's SGD).
+        momentum: the optimizer's (`CoupledSGD`, PyTorch's SGD).
+        weight_decay: the optimizer's (`CoupledSGD`, PyTorch's SGD).
+        global_clipnorm: the optimizer's (`CoupledSGD`, PyTorch's SGD).
         milestones: tuple of int. Epochs at which the learning rate is
             multiplied by `gamma` (PyTorch's `MultiStepLR`).
         gamma: float.
-        batch_size, epochs: the `fit` arguments.
+        batch_size: the `fit` argument.
+        epochs: the `fit` argument.
         augmentation_builder: callable `(seed)` returning the training
             augmentation layer, or `None`.
         reference: str. Where the settings come from.
