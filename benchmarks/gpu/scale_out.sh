@@ -7,7 +7,9 @@
 # Default RESULTS_DIR: benchmarks/gpu/results/scale_out_<UTC time>. Writes
 # there: gpus.txt (nvidia-smi), commit.txt, test_distribution_<backend>.txt
 # (pytest of tests/test_distribution.py with every GPU as the distributed
-# devices: JAX DataParallel, TensorFlow MirroredStrategy), scale_out_<backend>
+# devices: JAX DataParallel, TensorFlow MirroredStrategy),
+# test_multiprocess_<backend>.txt (tests/test_multiprocess.py, two processes
+# with one GPU each, on 2 GPUs or more), scale_out_<backend>
 # .json/.txt (benchmarks/scale_out.py: disk-cache memory at 20,000 and
 # 200,000 samples; seconds per add-on epoch on 1 GPU against all of them),
 # and full_<backend>.json/run_full.txt (benchmarks/run.py --full). Exits
@@ -49,6 +51,14 @@ for backend in jax tensorflow; do
     step "test_distribution_$backend" env KERAS_BACKEND=$backend \
         KERAS_TAC_DEVICE_KIND=gpu KERAS_TAC_NUM_DEVICES="$NUM_GPUS" \
         "$PY" -m pytest -x -q -p no:cacheprovider tests/test_distribution.py
+    # Several processes, one GPU each (JAX; TensorFlow's multi-worker
+    # strategy fails in Keras 3.15, and its test asserts that failure).
+    if [ "$NUM_GPUS" -ge 2 ]; then
+        step "test_multiprocess_$backend" env KERAS_BACKEND=$backend \
+            KERAS_TAC_DEVICE_KIND=gpu \
+            "$PY" -m pytest -x -q -p no:cacheprovider -m slow \
+            tests/test_multiprocess.py
+    fi
     step "scale_out_$backend" env KERAS_BACKEND=$backend \
         "$PY" -m benchmarks.scale_out --device-kind gpu --output-dir "$OUT"
 done

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 from keras import ops
 
+from keras_tac.src import distribution
 from keras_tac.src import rejection
 from keras_tac.src import thresholds as thresholds_lib
 from keras_tac.src import validation
@@ -208,6 +209,12 @@ def calibrate(
     if model.confidence_layer is not None:
         keys.append("confidence_parts")
     outputs = rejection.predict_outputs(model, x, keys, batch_size, verbose)
+    # The thresholds are the whole held-out set's: under a multi-process
+    # JAX distribution each process predicted its own share (the same in
+    # every process, as the replicated threshold variables must be).
+    outputs = {k: distribution.gather(v) for k, v in outputs.items()}
+    if y is not None and distribution.is_multi_process():
+        y = distribution.gather(np.asarray(y))
     finite = outputs["input_is_finite"]
     labels = None
     if y is not None:
@@ -246,9 +253,10 @@ def calibrate(
             raise ValueError(message)
         class_thresholds = None
     testing = valid if tuning is None else valid & ~tuning
-    model.rejection_threshold.assign(
-        math.nan if threshold is None else threshold
-    )
+    if threshold is None:
+        rejection.clear_threshold(model)
+    else:
+        model.rejection_threshold.assign(threshold)
     record = model.calibration_record
     record.set_class_thresholds(class_thresholds)
     record.set_reference_scores(confidence[testing])

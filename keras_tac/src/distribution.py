@@ -18,6 +18,23 @@ need help, all no-ops without a distribution:
   the number of replicas, as Keras's own `compute_loss` divides it (the
   strategy sums the replicas' gradients).
 
+Several JAX processes (`keras.distribution.initialize`, one process per
+host, a distribution over every process's devices) each feed their own
+share of the data, as Keras's JAX trainer expects (it makes each
+per-process batch global with `jax.make_array_from_process_local_data`).
+Keras 3.15's `predict` then fails: its outputs are global arrays that no
+process can read whole (`np.concatenate` of "a `jax.Array` that spans
+non-addressable devices"). So, in that setting only:
+
+- `local_predictions(model)`: within it, `model.predict` and
+  `predict_on_batch` return this process's rows (those of its own inputs,
+  in order), read from the outputs' addressable shards.
+- `gather(array)`: the arrays of every process, concatenated in process
+  order (`process_allgather`): the training statistics and the calibrated
+  thresholds are those of the whole data, the same in every process (as
+  replicated variables must be). Every process must bring the same number
+  of batches of the same sizes.
+
 PyTorch: Keras 3.15 has no distribution API on torch (see
 `docs/distribution.md`).
 """
@@ -25,6 +42,7 @@ PyTorch: Keras 3.15 has no distribution API on torch (see
 import contextlib
 
 import keras
+import numpy as np
 
 
 def strategy_scope(model):
@@ -45,6 +63,78 @@ def strategy_scope(model):
     return model.distribute_strategy.scope()
 
 
+def is_multi_process():
+    """Whether a JAX distribution spans several processes (`False` on other
+    backends, in one process, or without a distribution)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return (
+        jax.process_count() > 1
+        and keras.distribution.distribution() is not None
+    )
+
+
+def gather(array):
+    """`array` (NumPy, this process's rows) concatenated along its first
+    axis over every process, in process order, on every process; unchanged
+    (and `None` too) without a multi-process distribution."""
+    if array is None or not is_multi_process():
+        return array
+    from jax.experimental import multihost_utils
+
+    array = np.asarray(array)
+    # Booleans travel as bytes (not every collective takes them).
+    dtype = array.dtype
+    if dtype == np.bool_:
+        array = array.astype("uint8")
+    gathered = np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return gathered.astype(dtype) if dtype == np.bool_ else gathered
+
+
+def gather_count(count):
+    """The sum of `count` over every process (unchanged in one)."""
+    if not is_multi_process():
+        return int(count)
+    return int(gather(np.asarray([count], "int64")).sum())
+
+
+def _local_rows(array):
+    """This process's rows of a global output batch, as NumPy."""
+    import jax
+
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    pieces = {}
+    for shard in array.addressable_shards:
+        rows = shard.index[0] if shard.index else slice(None)
+        pieces.setdefault(rows.start or 0, shard.data)
+    return np.concatenate([np.asarray(pieces[k]) for k in sorted(pieces)])
+
+
+@contextlib.contextmanager
+def local_predictions(model):
+    """Within it, `model.predict` / `predict_on_batch` return this
+    process's rows under a multi-process JAX distribution (a no-op
+    otherwise): Keras's own would fail to read the global outputs."""
+    if not is_multi_process():
+        yield
+        return
+    model.make_predict_function()
+    function = model.predict_function
+
+    def local(state, iterator):
+        outputs, state = function(state, iterator)
+        return keras.tree.map_structure(_local_rows, outputs), state
+
+    model.predict_function = local
+    try:
+        yield
+    finally:
+        model.predict_function = function
+
+
 def split_batch(batch):
     """`batch` (a structure of arrays) laid out along the batch axis of the
     global JAX distribution, as Keras lays out the batches of `predict`.
@@ -62,6 +152,22 @@ def split_batch(batch):
     axis = mesh.axis_names.index(distribution.batch_dim_name)
     num_shards = mesh.shape[axis]
 
+    if is_multi_process():
+        # This process's share of a global batch, as Keras's JAX trainer
+        # makes it (`jax.make_array_from_process_local_data`).
+        import jax
+
+        def split(array):
+            if array is None:
+                return array
+            shape = (array.shape[0] * jax.process_count(), *array.shape[1:])
+            layout = distribution.get_data_layout(shape)
+            return jax.make_array_from_process_local_data(
+                layout.backend_layout, np.asarray(array)
+            )
+
+        return keras.tree.map_structure(split, batch)
+
     def split(array):
         if array is None or array.shape[0] % num_shards:
             return array
@@ -76,8 +182,10 @@ def split_batch(batch):
 
 def predict_on_batch(model, batch):
     """`model.predict_on_batch(batch)`, the batch split over the devices of
-    the global JAX distribution (see `split_batch`)."""
-    return model.predict_on_batch(split_batch(batch))
+    the global JAX distribution (see `split_batch`); this process's rows
+    under a multi-process one (`local_predictions`)."""
+    with local_predictions(model):
+        return model.predict_on_batch(split_batch(batch))
 
 
 def scale_loss(loss):

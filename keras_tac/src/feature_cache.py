@@ -313,6 +313,20 @@ class _HeadTrainer(keras.Model):
     def stop_training(self, value):
         self.tac().stop_training = value
 
+    # The epoch `fit` starts at, which `keras.callbacks.BackupAndRestore`
+    # sets on the TAC model (with the weights it restores there): read
+    # from it. Keras's `__init__` sets `None` before `tac` exists.
+    @property
+    def _initial_epoch(self):
+        tac = self.__dict__.get("tac")
+        return getattr(tac(), "_initial_epoch", None) if tac else None
+
+    @_initial_epoch.setter
+    def _initial_epoch(self, value):
+        tac = self.__dict__.get("tac")
+        if tac is not None:
+            tac()._initial_epoch = value
+
     @property
     def history(self):
         return getattr(self.tac(), "history", None)

@@ -15,10 +15,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import distribution
 from keras_tac.src import feature_graph
 from keras_tac.src import jax_backend
 from keras_tac.src import streaming
 from keras_tac.src.api_export import keras_tac_export
+from keras_tac.src.layers.calibration_record import UNSET_THRESHOLD
+from keras_tac.src.layers.calibration_record import is_unset
 from keras_tac.src.validation import model_inputs
 
 REJECTION_KEYS = (
@@ -87,16 +90,29 @@ def accept(confidence, input_is_finite, threshold):
 
 
 def threshold_variable(model):
-    """The rejection threshold variable of `model` (saved with it): NaN
-    until `calibrate` sets it, so an uncalibrated model does not reject
-    silently, it refuses to decide."""
+    """The rejection threshold variable of `model` (saved with it): unset
+    (`UNSET_THRESHOLD`, see there why not NaN) until `calibrate` sets it,
+    so an uncalibrated model does not reject silently, it refuses to
+    decide."""
     return model.add_weight(
         name="rejection_threshold",
         shape=(),
-        initializer=keras.initializers.Constant(float("nan")),
+        initializer=keras.initializers.Constant(UNSET_THRESHOLD),
         trainable=False,
         dtype="float32",
     )
+
+
+def stored_threshold(model):
+    """The single stored threshold of `model` as a float, or `None` while
+    unset (`UNSET_THRESHOLD`, or NaN in a file of keras-tac 0.3 or earlier)."""
+    value = float(ops.convert_to_numpy(model.rejection_threshold))
+    return None if is_unset(value) else value
+
+
+def clear_threshold(model):
+    """Marks the single threshold of `model` unset."""
+    model.rejection_threshold.assign(UNSET_THRESHOLD)
 
 
 def finite_per_sample(inputs):
@@ -129,7 +145,8 @@ def predict_outputs(model, x, keys, batch_size=None, verbose="auto"):
     if streaming.should_stream(x):
         x = streaming.ArrayBatches(x, batch_size=batch_size)
         batch_size = None
-    with jax_backend.state_kept(graph):
+    # Under a multi-process JAX distribution: this process's rows.
+    with jax_backend.state_kept(graph), distribution.local_predictions(graph):
         return graph.predict(x, batch_size=batch_size, verbose=verbose)
 
 

@@ -11,8 +11,10 @@ import warnings
 
 import numpy as np
 
+from keras_tac.src import distribution
 from keras_tac.src.features import FeatureBatch
 from keras_tac.src.features import FeatureExtractor
+from keras_tac.src.layers.calibration_record import UNSET_THRESHOLD
 from keras_tac.src.scores.deep_knn import DeepKNN
 from keras_tac.src.scores.mahalanobis import MahalanobisDistance
 from keras_tac.src.validation import checks
@@ -56,7 +58,20 @@ def fit_statistics_from_features(model, base_output, pooled, y):
         for start in range(0, len(base_output), step)
     )
     # The number of inputs is known: the kNN bank keeps only its rows.
-    _store(model, batches, num_inputs=len(base_output))
+    num_inputs = distribution.gather_count(len(base_output))
+    _store(model, batches, num_inputs=num_inputs)
+
+
+def _gathered(batch, labels):
+    """`batch` and `labels` of every process (`distribution.gather`)."""
+    if not distribution.is_multi_process():
+        return batch, labels
+    gathered = FeatureBatch(
+        distribution.gather(batch.base_output),
+        batch.probabilities,
+        [distribution.gather(p) for p in batch.pooled],
+    )
+    return gathered, distribution.gather(np.asarray(labels))
 
 
 class TooFewInputs(ValueError):
@@ -75,7 +90,7 @@ def fit_after_training(model, fit):
             "calibrated until `fit_statistics` runs on more data.",
             stacklevel=5,
         )
-    model.rejection_threshold.assign(float("nan"))
+    model.rejection_threshold.assign(UNSET_THRESHOLD)
 
 
 def _store(model, batches, num_inputs=None):
@@ -90,6 +105,9 @@ def _store(model, batches, num_inputs=None):
     for batch, labels in batches:
         if labels is None:
             labels = batch.prediction
+        # The whole data's statistics: under a multi-process JAX
+        # distribution each process brings its own share of every batch.
+        batch, labels = _gathered(batch, labels)
         labels = checks.check_class_indices(
             labels, model.num_classes, len(batch.base_output), "fit_statistics"
         )

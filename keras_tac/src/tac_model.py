@@ -18,6 +18,7 @@ from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.frozen_base import FrozenBaseMixin
 from keras_tac.src.layers.calibration_record import CalibrationRecord
+from keras_tac.src.layers.calibration_record import load_unset_as_sentinel
 from keras_tac.src.layers.combined_confidence import CombinedConfidence
 from keras_tac.src.layers.tac_head import SCORES
 from keras_tac.src.layers.tac_head import TACHead
@@ -216,8 +217,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
     @property
     def threshold(self):
         """The stored rejection threshold, or `None` before `calibrate`."""
-        value = float(ops.convert_to_numpy(self.rejection_threshold))
-        return None if math.isnan(value) else value
+        return rejection.stored_threshold(self)
 
     @property
     def class_thresholds(self):
@@ -329,7 +329,7 @@ class TACModel(FrozenBaseMixin, keras.Model):
                 f"model's score is {self.score!r}."
             )
         statistics.fit_statistics(self, x, y, batch_size, verbose)
-        self.rejection_threshold.assign(float("nan"))
+        rejection.clear_threshold(self)
         self.calibration_record.set_class_thresholds(None)
         self.calibration_record.set_reference_scores([])
 
@@ -417,6 +417,11 @@ class TACModel(FrozenBaseMixin, keras.Model):
         export_lib.export_tac_model(
             self, filepath, format=format, threshold=threshold, **kwargs
         )
+
+    def load_own_variables(self, store):
+        # The NaN "unset" threshold of files of keras-tac 0.3 or earlier
+        # loads as `UNSET_THRESHOLD` (keras_tac.src.layers.calibration_record).
+        load_unset_as_sentinel(self, store, [self.rejection_threshold])
 
     def get_config(self):
         config = super().get_config()

@@ -119,3 +119,30 @@ def test_saved_and_loaded(tmp_path):
     )
     p = restored([np.float32([0.5, 0.1]), np.array([True, False])])
     np.testing.assert_allclose(to_numpy(p), [0.75, 0.0])
+
+
+def test_nan_thresholds_of_older_files_load_as_unset(tmp_path):
+    # Files of keras-tac 0.3 and earlier store an unset threshold as NaN;
+    # it is now the largest float32 (a multi-process JAX run refuses NaN,
+    # which is not equal to itself). Such a file loads unset, and the
+    # variable holds the new marker: the same in every process.
+    confidence = keras.Input(shape=(), name="confidence")
+    finite = keras.Input(shape=(), dtype="bool", name="finite")
+    record = layers.CalibrationRecord(num_classes=3, name="record")
+    model = keras.Model([confidence, finite], record(confidence, finite))
+    unset = np.float32(np.finfo("float32").max)
+    np.testing.assert_array_equal(
+        to_numpy(record.class_thresholds), [unset] * 3
+    )
+    record.class_thresholds.assign(np.full(3, np.nan, "float32"))  # as 0.3
+    path = os.path.join(tmp_path, "record.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path).get_layer("record")
+    assert loaded.per_class is None
+    np.testing.assert_array_equal(
+        to_numpy(loaded.class_thresholds), [unset] * 3
+    )
+    # Unset: each class falls back to the single threshold.
+    np.testing.assert_array_equal(
+        to_numpy(loaded.thresholds_for(np.array([0, 2]), 0.25)), [0.25, 0.25]
+    )

@@ -11,6 +11,51 @@ from keras_tac.src.api_export import keras_tac_export
 # 1 / 4,097.
 MAX_REFERENCE_SCORES = 4096
 
+# What a threshold variable holds while unset (never calibrated, or cleared
+# by a refit). Up to keras-tac 0.3 it was NaN, and files saved then still
+# hold NaN: both mean "unset" wherever a threshold is read (`is_unset`,
+# `unset_mask`); only this value is written. NaN cannot be written: in a
+# multi-process JAX run every replicated variable goes through
+# `jax.device_put`, which checks that each process passes the same value
+# with `==`, and NaN != NaN fails it ("... is not the same on each
+# process"). Not `inf` either: calibrate stores `+inf` (a class that cannot
+# meet its targets) and `-inf` (accept every finite input) as real
+# thresholds. The largest float32 is finite, never a calibrated threshold
+# (thresholds are held-out confidences or +-inf), and decides as NaN did,
+# should anything compare with it: no finite confidence reaches it.
+UNSET_THRESHOLD = float(np.finfo("float32").max)
+
+
+def is_unset(values):
+    """Whether stored threshold `values` (NumPy) are unset: NaN (files of
+    keras-tac 0.3 or earlier) or `UNSET_THRESHOLD`."""
+    values = np.asarray(values, "float32")
+    return np.isnan(values) | (values == np.float32(UNSET_THRESHOLD))
+
+
+def unset_mask(values):
+    """`is_unset` with `keras.ops` (inside compiled and exported graphs)."""
+    return ops.logical_or(ops.isnan(values), ops.equal(values, UNSET_THRESHOLD))
+
+
+def load_unset_as_sentinel(layer, store, variables):
+    """`layer`'s own variables from `store`, NaN in `variables` (threshold
+    variables of files of keras-tac 0.3 or earlier) read as
+    `UNSET_THRESHOLD`: so that such a file also loads under a multi-process
+    JAX distribution, and the variables only ever hold the sentinel."""
+    own = layer._trainable_variables + layer._non_trainable_variables
+    indices = {i for i, v in enumerate(own) if any(v is t for t in variables)}
+    values = {}
+    for key in store.keys():
+        value = store[key]
+        if int(key) in indices:
+            value = np.asarray(value)
+            value = np.where(
+                np.isnan(value), np.asarray(UNSET_THRESHOLD, value.dtype), value
+            )
+        values[key] = value
+    keras.layers.Layer.load_own_variables(layer, values)
+
 
 @keras_tac_export("keras_tac.layers.CalibrationRecord")
 class CalibrationRecord(keras.layers.Layer):
@@ -18,8 +63,9 @@ class CalibrationRecord(keras.layers.Layer):
     weights so that it is saved and exported with the model.
 
     - `class_thresholds` `(num_classes,)`: one rejection threshold per
-      predicted class (`calibrate(..., per_class=True)`), NaN when the
-      model uses its single threshold.
+      predicted class (`calibrate(..., per_class=True)`), unset
+      (`UNSET_THRESHOLD`; NaN in files of keras-tac 0.3) when the model
+      uses its single threshold.
     - `reference_scores` `(MAX_REFERENCE_SCORES,)`: the held-out
       confidences, sorted, `+inf` past the last one. A new input's
       conformal p-value is `(1 + #{reference <= confidence}) / (n + 1)`:
@@ -51,7 +97,7 @@ class CalibrationRecord(keras.layers.Layer):
         self.class_thresholds = self.add_weight(
             name="class_thresholds",
             shape=(self.num_classes,),
-            initializer=keras.initializers.Constant(float("nan")),
+            initializer=keras.initializers.Constant(UNSET_THRESHOLD),
             trainable=False,
             dtype="float32",
         )
@@ -108,13 +154,13 @@ class CalibrationRecord(keras.layers.Layer):
             axis=-1,
         )
         fallback = ops.full_like(chosen, 1.0) * ops.cast(threshold, "float32")
-        return ops.where(ops.isnan(chosen), fallback, chosen)
+        return ops.where(unset_mask(chosen), fallback, chosen)
 
     @property
     def per_class(self):
         """The per-class thresholds as a NumPy array, or `None`."""
         values = ops.convert_to_numpy(self.class_thresholds)
-        return None if np.isnan(values).all() else values
+        return None if is_unset(values).all() else values
 
     @property
     def num_reference_scores(self):
@@ -125,7 +171,9 @@ class CalibrationRecord(keras.layers.Layer):
     def set_class_thresholds(self, values):
         """Stores per-class thresholds (`None` clears them)."""
         if values is None:
-            self.class_thresholds.assign(np.full(self.num_classes, np.nan))
+            self.class_thresholds.assign(
+                np.full(self.num_classes, UNSET_THRESHOLD, "float32")
+            )
             return
         values = np.asarray(values, "float64")
         if values.shape != (self.num_classes,) or np.isnan(values).any():
@@ -151,7 +199,7 @@ class CalibrationRecord(keras.layers.Layer):
         # Models saved before keras-tac 0.3 have no record: keep it unset.
         if len(store.keys()) == 0:
             return
-        super().load_own_variables(store)
+        load_unset_as_sentinel(self, store, [self.class_thresholds])
 
     def compute_output_shape(self, confidence_shape, input_is_finite_shape):
         return confidence_shape
