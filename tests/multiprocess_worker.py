@@ -14,11 +14,12 @@ With `--num-processes 2` each process joins the cluster
 CPU device and runs under `keras.distribution.DataParallel` over both
 processes' devices. Every phase reads a `tf.data.Dataset` of this
 process's share: batches of 32 rows, every other one
-(`dataset.batch(32).shard(2, process_id)`), so that global batch `k` (the
-two processes' batches `k`, in process order, as Keras's JAX trainer
-joins them with `jax.make_array_from_process_local_data`) holds rows
-`64 k ... 64 k + 63` in order: the oracle's batch `k` (batches of 64, one
-process, no distribution).
+(`dataset.batch(32).shard(2, process_id)`), or, in the mode "pydataset",
+a `keras.utils.PyDataset` of the same batches (`Share`), so that global
+batch `k` (the two processes' batches `k`, in process order, as Keras's
+JAX trainer joins them with `jax.make_array_from_process_local_data`)
+holds rows `64 k ... 64 k + 63` in order: the oracle's batch `k` (batches
+of 64, one process, no distribution).
 
 On TensorFlow, with `--num-processes 2`, each process is one worker of a
 `tf.distribute.MultiWorkerMirroredStrategy` (`TF_CONFIG`, set here before
@@ -32,10 +33,13 @@ above. Keras 3.15's TensorFlow trainer fails there in the first `fit`
 (see `tests/test_multiprocess.py`).
 
 The workflow: the base trains (plain Keras), then for each mode (add-on
-`fit` without and with the feature cache) a `TACModel` fits (statistics
-included), evaluates, calibrates, predicts with rejection and is saved (by
-process 0). Results go to `OUTDIR/<mode>_<num_processes>_<process_id>.npz`;
-the first failure, with its phase, to `OUTDIR/error_<process_id>.json`.
+`fit` without and with the feature cache, joint training, the add-on `fit`
+without the cache on PyDatasets) a `TACModel` fits (statistics included),
+evaluates, calibrates, predicts with rejection and is saved (by process
+0). The oracle then also calibrates on process 0's share of the held-out
+set alone (`shard_threshold`). Results go to
+`OUTDIR/<mode>_<num_processes>_<process_id>.npz`; the first failure, with
+its phase, to `OUTDIR/error_<process_id>.json`.
 With `--reload DIR` the oracle also loads the models saved in `DIR` (by a
 multi-process run) and predicts with them (`OUTDIR/reloaded_<mode>.npz`).
 """
@@ -58,13 +62,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 GLOBAL_BATCH = 64
 
 
-MODES = ("uncached", "cached")
+MODES = ("uncached", "cached", "joint", "pydataset")
+# What each mode's phases read: this process's share as a `tf.data`
+# dataset, or as a `keras.utils.PyDataset` (the same batches).
+DATA_KIND = dict(pydataset="PyDataset")
 
 
 def fit_options(mode):
     """`TACModel.fit`'s arguments for a mode."""
+    if mode == "joint":
+        # Joint training: no feature cache (the base trains too).
+        return {}
     if mode == "uncached":
         return dict(cache_features=False)
+    if mode == "pydataset":
+        # Keras shuffles a PyDataset's batches unless told not to (each
+        # process its own share).
+        return dict(cache_features=False, shuffle=False)
     # The cached trainer's batches: this process's share of each global
     # batch (its default is 32 rows, whatever the dataset's batches), in
     # order (each process would shuffle its own share: another, equally
@@ -155,9 +169,32 @@ def digits():
     return x[order], y[order]
 
 
-def shard(*arrays):
+class Share(keras.utils.PyDataset):
+    """This process's share of `arrays` as a `PyDataset`: the batches of
+    `shard` (rows `32 (2 k + process_id) ...`; in one process, batches of
+    64), made on demand."""
+
+    def __init__(self, *arrays):
+        super().__init__()
+        self.arrays = arrays
+        self.size = GLOBAL_BATCH // NPROC
+
+    def __len__(self):
+        return -(-len(self.arrays[0]) // GLOBAL_BATCH)
+
+    def __getitem__(self, index):
+        start = (index * NPROC + PID) * self.size
+        items = tuple(a[start : start + self.size] for a in self.arrays)
+        return items if len(items) > 1 else items[0]
+
+
+def shard(*arrays, kind="tf.data"):
     """This process's share of `arrays`, as a dataset of its batches (on
-    TensorFlow, the whole data in global batches: the strategy shards it)."""
+    TensorFlow, the whole data in global batches: the strategy shards it);
+    `kind`: "tf.data" or "PyDataset" (JAX only)."""
+    if kind == "PyDataset":
+        assert BACKEND != "tensorflow"
+        return Share(*arrays)
     dataset = tf.data.Dataset.from_tensor_slices(
         arrays if len(arrays) > 1 else arrays[0]
     )
@@ -208,29 +245,32 @@ def statistics_of(tac):
 
 def run(mode, data, base_weights):
     (x, y), (x_val, y_val), (x_cal, y_cal), x_test = data
+    kind = DATA_KIND.get(mode, "tf.data")
     keras.utils.set_random_seed(0)
     with scope():
         base = make_cnn()
     base.set_weights(base_weights)
     result = {}
     with stage(f"{mode}/build"), scope():
-        tac = keras_tac.TACModel(base, seed=1)
+        tac = keras_tac.TACModel(base, train_base=mode == "joint", seed=1)
         tac.compile(optimizer=keras.optimizers.Adam(1e-2))
         assert tac.threshold is None and tac.class_thresholds is None
     with stage(f"{mode}/fit"):
         history = tac.fit(
-            shard(x, y), epochs=2, verbose=0, **fit_options(mode)
+            shard(x, y, kind=kind), epochs=2, verbose=0, **fit_options(mode)
         ).history
     result["loss"] = np.asarray(history["loss"])
     result["codes"] = tac.codes
     result.update(statistics_of(tac))
     with stage(f"{mode}/evaluate"):
-        metrics = tac.evaluate(shard(x_val, y_val), return_dict=True, verbose=0)
+        metrics = tac.evaluate(
+            shard(x_val, y_val, kind=kind), return_dict=True, verbose=0
+        )
     result["evaluate_loss"] = np.float64(metrics["loss"])
     result["evaluate_tac_accuracy"] = np.float64(metrics["tac_accuracy"])
     with stage(f"{mode}/calibrate"):
         summary = tac.calibrate(
-            shard(x_cal, y_cal), target_coverage=0.8, verbose=0
+            shard(x_cal, y_cal, kind=kind), target_coverage=0.8, verbose=0
         )
     result["threshold"] = np.float64(tac.threshold)
     result["calibrated_coverage"] = np.float64(summary["coverage"])
@@ -238,7 +278,7 @@ def run(mode, data, base_weights):
         tac.calibration_record.num_reference_scores
     )
     with stage(f"{mode}/predict_with_rejection"):
-        out = tac.predict_with_rejection(shard(x_test), verbose=0)
+        out = tac.predict_with_rejection(shard(x_test, kind=kind), verbose=0)
     for key, value in out.items():
         result[key] = np.asarray(value)
     with stage(f"{mode}/save"):
@@ -254,6 +294,22 @@ def run(mode, data, base_weights):
         if PID:
             os.remove(path)
         barrier(f"saved {mode}")
+    if NPROC == 1:
+        # The threshold that process 0 would pick, calibrating on its share
+        # of the held-out set alone (batches 0, 2, 4, ... of 32 rows): the
+        # test checks that it differs from the whole set's. Last, after
+        # the save: the model's calibration is no longer used.
+        rows = np.arange(len(x_cal)).reshape(-1, GLOBAL_BATCH // 2)[::2]
+        rows = rows.ravel()
+        with stage(f"{mode}/shard_calibrate"):
+            tac.calibrate(
+                x_cal[rows],
+                y_cal[rows],
+                target_coverage=0.8,
+                batch_size=GLOBAL_BATCH,
+                verbose=0,
+            )
+        result["shard_threshold"] = np.float64(tac.threshold)
     np.savez(os.path.join(ARGS.outdir, f"{mode}_{NPROC}_{PID}.npz"), **result)
 
 
@@ -275,7 +331,8 @@ def main():
         assert jax.process_count() == NPROC, jax.process_count()
         # Each process feeds its own share (`shard`): Keras must not shard
         # the datasets again (its default for a multi-process
-        # distribution, which also refuses any input but a tf.data one).
+        # distribution; Keras 3.15 shards only tf.data datasets and feeds
+        # any other input, a PyDataset included, as the process's share).
         keras.distribution.set_distribution(
             keras.distribution.DataParallel(
                 devices=jax.devices(), auto_shard_dataset=False

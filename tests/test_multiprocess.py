@@ -5,10 +5,17 @@ two-process JAX cluster on localhost (one host CPU device each, gloo
 collectives, `keras.distribution.DataParallel` over both), each feeding its
 own share of the digits; then once alone (the oracle: one process, no
 distribution, the same seeds and data), which also reloads the models the
-cluster saved. The test compares the two: the add-on `fit` without and
-with the feature cache, `evaluate`, the training statistics (those of the
-whole training set, not of a process's share), the calibrated threshold
-(the whole held-out set's), `predict_with_rejection` and the saved model.
+cluster saved. The test compares the two, in four modes: the add-on `fit`
+without and with the feature cache, joint training (`train_base=True`),
+and the add-on `fit` without the cache with every phase reading a
+`keras.utils.PyDataset` of the process's share instead of a `tf.data`
+one (Keras 3.15's JAX trainer takes it under `DataParallel(...,
+auto_shard_dataset=False)`); in each, `evaluate`, the training statistics
+(those of the whole training set, not of a process's share), the
+calibrated threshold (the whole held-out set's: the oracle also calibrates
+on process 0's share alone, and that threshold must differ from it by far
+more than the tolerance), `predict_with_rejection` and the saved model.
+About 80 s on 2 shared CPU cores.
 
 The engines as in `test_distribution.py`: each runs in its own suite pass
 and both in any other (PyTorch), the workers with their engine's
@@ -35,7 +42,7 @@ import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("uncached", "cached")
+MODES = ("uncached", "cached", "joint", "pydataset")
 OUTER_BACKEND = keras.backend.backend()
 ENGINES = (
     [OUTER_BACKEND]
@@ -54,7 +61,15 @@ REJECTION_KEYS = ("prediction", "confidence", "accepted", "tac_prediction")
 # equal to the bit; class means 3e-7 and precisions 8e-7 of their largest
 # entry; kNN bank rows 2.4e-7; threshold 5.5e-5; combined confidence
 # 2.2e-4 (its standardisation divides by held-out spreads); a conformal
-# p-value one rank (1/257). Limits about 3-10x those; classes exact.
+# p-value one rank (1/257). Limits about 3-10x those; classes exact. The
+# PyDataset mode measures as the uncached one. Joint training (Adam
+# through the base, where one device's run differs from two devices' by
+# 2.4e-3 in the threshold, see `test_distribution.py`) measures here as the
+# add-on: losses and `evaluate` equal to the bit, means 3.8e-7 and
+# precisions 1.0e-6, threshold 8.8e-5, confidence 2.8e-4 (global batches
+# of the same rows in the same order on one device per process), so the
+# same limits. Process 0's share alone picks another threshold: 0.24 away
+# (add-on) and 0.04 (joint), at least `SHARD_GAP` required.
 TOLERANCES = dict(
     loss=1e-5,
     statistics=5e-6,
@@ -63,6 +78,10 @@ TOLERANCES = dict(
     confidence=2e-3,
     p_value=2 / 257,
 )
+# How far process 0's own threshold must be from the whole set's: far
+# outside the threshold tolerance, so that matching the whole set's
+# threshold rules out calibrating on a share.
+SHARD_GAP = 10 * TOLERANCES["threshold"]
 
 
 def free_ports(count=1):
@@ -230,7 +249,12 @@ def test_two_processes_match_one(tmp_path):
         )
         # What is global is the same in both processes, to the bit.
         for key in single:
-            if key not in (*REJECTION_KEYS, "tac_confidence", "p_value"):
+            if key not in (
+                *REJECTION_KEYS,
+                "tac_confidence",
+                "p_value",
+                "shard_threshold",
+            ):
                 np.testing.assert_array_equal(first[key], second[key], key)
         distributed = dict(first)
         for key in (*REJECTION_KEYS, "tac_confidence", "p_value"):
@@ -255,6 +279,10 @@ def test_two_processes_match_one(tmp_path):
             abs(distributed["threshold"] - single["threshold"])
             <= (TOLERANCES["threshold"])
         )
+        # A process that calibrated on its share alone would be told apart.
+        assert (
+            abs(single["shard_threshold"] - single["threshold"]) > SHARD_GAP
+        ), mode
         assert distributed["calibrated_coverage"] == pytest.approx(
             float(single["calibrated_coverage"]), abs=1 / 256
         )
