@@ -178,3 +178,27 @@ class TestInboundLayers:
         assert [layer.name for layer in inbound] == ["a", "b"], changed(
             "`KerasTensor._keras_history` of a layer's inputs"
         )
+
+
+class TestOwnVariables:
+    def test_in_the_order_of_the_saved_keys(self):
+        # A layer with a trainable and a non-trainable weight: the saved
+        # store numbers them as `own_variables` lists them.
+        layer = keras.layers.BatchNormalization()
+        layer.build((None, 3))
+        own = keras_internals.own_variables(layer)
+        store = {}
+        layer.save_own_variables(store)
+        assert sorted(store, key=int) == [str(i) for i in range(len(own))], (
+            changed("`Layer.save_own_variables`'s keys")
+        )
+        for key, variable in zip(sorted(store, key=int), own):
+            assert keras.ops.convert_to_numpy(variable).tolist() == (
+                keras.ops.convert_to_numpy(store[key]).tolist()
+            ), changed("the order of a layer's own saved variables")
+        assert [v.name for v in own] == [
+            "gamma",
+            "beta",
+            "moving_mean",
+            "moving_variance",
+        ], changed("`_trainable_variables` / `_non_trainable_variables`")

@@ -16,6 +16,8 @@ public Keras APIs only.
   preprocessing layers ask before choosing their backend.
 - `print_msg`: Keras's own progress-message printer, which respects
   `keras.config.disable_interactive_logging()` (then logs via absl).
+- `own_variables`: a layer's own variables in the order of the keys
+  (`"0"`, `"1"`, ...) that `Layer.save_own_variables` writes them under.
 """
 
 import keras
@@ -71,3 +73,9 @@ def print_msg(message):
     from keras.src.utils import io_utils
 
     io_utils.print_msg(message)
+
+
+def own_variables(layer):
+    """`layer`'s own variables (not its sublayers'), in the order that
+    `keras.layers.Layer.save_own_variables` numbers them in a saved file."""
+    return layer._trainable_variables + layer._non_trainable_variables

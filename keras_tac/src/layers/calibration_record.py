@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import keras_internals
 from keras_tac.src.api_export import keras_tac_export
 
 # How many held-out confidences a model keeps for its conformal p-values.
@@ -43,7 +44,7 @@ def load_unset_as_sentinel(layer, store, variables):
     variables of files of keras-tac 0.3 or earlier) read as
     `UNSET_THRESHOLD`: so that such a file also loads under a multi-process
     JAX distribution, and the variables only ever hold the sentinel."""
-    own = layer._trainable_variables + layer._non_trainable_variables
+    own = keras_internals.own_variables(layer)
     indices = {i for i, v in enumerate(own) if any(v is t for t in variables)}
     values = {}
     for key in store.keys():
