@@ -333,6 +333,73 @@ class TestGuarantees:
         )
 
 
+class TestKNNWeight:
+    """The kNN distance is left out of the default confidence when, on the
+    labelled calibration inputs, it ranks the base's errors with an AUROC
+    of 0.6 or less (oracle: SciPy's Mann-Whitney U)."""
+
+    @pytest.fixture
+    def fitted(self, trained_cnn, digits):
+        (x_train, y_train), (x, y) = digits
+        tac = keras_tac.TACModel(trained_cnn, seed=1)
+        tac.fit_statistics(x_train, y_train, verbose=0)
+        outputs = tac.predict(x, verbose=0)
+        return tac, x, outputs["prediction"], outputs["confidence_parts"]
+
+    @staticmethod
+    def auroc_oracle(knn, correct):
+        # AUROC = U / (n_right * n_wrong), ties one half; nearer is better.
+        u = stats.mannwhitneyu(-knn[correct], -knn[~correct]).statistic
+        return u / (correct.sum() * (~correct).sum())
+
+    @staticmethod
+    def weights(tac):
+        return keras.ops.convert_to_numpy(
+            tac.confidence_layer.signal_weights
+        ).tolist()
+
+    def test_kept_where_it_ranks_errors(self, fitted, digits):
+        tac, x, prediction, parts = fitted
+        y = digits[1][1]
+        correct = prediction == y
+        summary = tac.calibrate(x, y, target_coverage=0.9, verbose=0)
+        expected = self.auroc_oracle(parts[:, 2].astype("float64"), correct)
+        assert summary["knn_error_auroc"] == pytest.approx(expected, abs=1e-6)
+        assert expected > 0.6
+        assert summary["knn_weight"] == 1.0
+        assert self.weights(tac) == [1.0, 1.0, 1.0]
+
+    def test_left_out_where_it_does_not(self, fitted):
+        tac, x, prediction, parts = fitted
+        # Labels that make the base wrong on the tenth of the inputs
+        # nearest their neighbours: the kNN distance ranks these errors
+        # worse than chance.
+        knn = parts[:, 2].astype("float64")
+        nearest = knn <= np.quantile(knn, 0.1)
+        y = np.where(nearest, (prediction + 1) % 10, prediction)
+        summary = tac.calibrate(x, y, target_coverage=0.9, verbose=0)
+        expected = self.auroc_oracle(knn, ~nearest)
+        assert expected < 0.1
+        assert summary["knn_error_auroc"] == pytest.approx(expected, abs=1e-6)
+        assert summary["knn_weight"] == 0.0
+        assert self.weights(tac) == [1.0, 1.0, 0.0]
+        # The confidence is the formula without the kNN term.
+        p = parts.astype("float64")
+        z = (p[:, :2] - p[:, :2].mean(0)) / p[:, :2].std(0)
+        center = keras.ops.convert_to_numpy(tac.confidence_layer.gate_center)
+        gate = 1 / (1 + np.exp(-(p[:, 3] - center) / (0.5 * p[:, 3].std())))
+        np.testing.assert_allclose(
+            tac.predict(x, verbose=0)["confidence"],
+            z.sum(1) - 10 * gate,
+            rtol=1e-3,
+            atol=1e-3,
+        )
+        # Without labels, all three signals count again.
+        summary = tac.calibrate(x, target_coverage=0.9, verbose=0)
+        assert "knn_weight" not in summary
+        assert self.weights(tac) == [1.0, 1.0, 1.0]
+
+
 class TestTrainingLikeWarning:
     """`calibrate` warns when its inputs look like training data."""
 

@@ -189,7 +189,11 @@ def calibrate(
         warning naming it); `"coverage"` on `x`, `"tpr"`, `"delta"`,
         `"method"` and `"risk_bound"` (SGR) where they apply,
         `"num_tuning"` when the inputs were split, and with `y` the base
-        head's `"accuracy"` and `"selective_accuracy"`.
+        head's `"accuracy"` and `"selective_accuracy"`; with `y` and the
+        combined confidence, when the base is both right and wrong there,
+        `"knn_error_auroc"` (how the kNN distance ranks the errors) and
+        `"knn_weight"` (0 when that is at most 0.6: the kNN distance is
+        then left out of the confidence).
 
     Raises:
         ValueError: bad targets, labels missing for `target_risk`, or (one
@@ -230,8 +234,11 @@ def calibrate(
     _warn_if_training_like(outputs, labels, finite)
     tuning = _tuning_mask(model, targets, len(finite))
     confidence = outputs["confidence"]
+    knn_auroc = None
     if model.confidence_layer is not None:
-        confidence = _calibrated_combined(model, outputs, tuning)
+        confidence, knn_auroc = _calibrated_combined(
+            model, outputs, labels, tuning
+        )
     valid = finite & np.isfinite(confidence)
     if not valid.any():
         raise ValueError(
@@ -276,6 +283,11 @@ def calibrate(
     summary.update(extra)
     if tuning is not None:
         summary["num_tuning"] = int(tuning.sum())
+    if knn_auroc is not None:
+        summary["knn_error_auroc"] = knn_auroc
+        summary["knn_weight"] = float(
+            ops.convert_to_numpy(model.confidence_layer.signal_weights)[2]
+        )
     if correct is not None:
         summary["accuracy"] = float(correct.mean())
         summary["selective_accuracy"] = (
@@ -403,10 +415,10 @@ def _per_class_thresholds(
     return values, extra
 
 
-def _calibrated_combined(model, outputs, tuning):
+def _calibrated_combined(model, outputs, labels, tuning):
     """Calibrates the combined confidence on the held-out inputs' raw
     signals (the tuning part's only, when split); returns its values on
-    all of them."""
+    all of them, and the kNN distance's error AUROC there (or `None`)."""
     layer = model.confidence_layer
     if not float(ops.convert_to_numpy(ops.sum(layer.bank_valid))):
         raise ValueError(
@@ -418,5 +430,8 @@ def _calibrated_combined(model, outputs, tuning):
     fitting = outputs["input_is_finite"]
     if tuning is not None:
         fitting = fitting & tuning
-    layer.calibrate(parts[fitting])
-    return ops.convert_to_numpy(layer.combine(parts))
+    correct = None if labels is None else outputs["prediction"] == labels
+    knn_auroc = layer.calibrate(
+        parts[fitting], None if correct is None else correct[fitting]
+    )
+    return ops.convert_to_numpy(layer.combine(parts)), knn_auroc

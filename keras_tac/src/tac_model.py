@@ -373,7 +373,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
             A dict: `"threshold"` (`None` with `per_class=True`) and
             `"class_thresholds"`, `"coverage"` on `x`, and where they
             apply `"tpr"`, `"delta"`, `"method"`, `"risk_bound"`,
-            `"num_tuning"`, `"accuracy"` and `"selective_accuracy"`.
+            `"num_tuning"`, `"accuracy"`, `"selective_accuracy"`,
+            `"knn_error_auroc"` and `"knn_weight"` (with labels, the kNN
+            distance is left out of the default confidence when it ranks
+            the base's errors with an AUROC of 0.6 or less).
 
         Raises:
             ValueError: bad targets, labels missing for `target_risk`, or

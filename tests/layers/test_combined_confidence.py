@@ -72,12 +72,14 @@ def conformal_oracle(values, quantile):
     return sorted(values)[rank - 1]
 
 
-def numpy_combine(parts, calibration, gate_quantile, weight=10.0, width=0.5):
+def numpy_combine(
+    parts, calibration, gate_quantile, weight=10.0, width=0.5, knn_weight=1.0
+):
     """The formula of the `CombinedConfidence` docstring, in NumPy."""
     centers = calibration[:, :3].mean(axis=0)
     scales = calibration[:, :3].std(axis=0)
     z = (parts[:, :3] - centers) / scales
-    evidence = z[:, 0] + z[:, 1] - z[:, 2]
+    evidence = z[:, 0] + z[:, 1] - knn_weight * z[:, 2]
     q = conformal_oracle(list(calibration[:, 3]), gate_quantile)
     s = calibration[:, 3].std()
     return evidence - weight * special.expit((parts[:, 3] - q) / (width * s))
@@ -303,6 +305,77 @@ class TestCombinedConfidence:
         # quantile, the gate stays open.
         np.testing.assert_allclose(confidence, expected, atol=1e-5)
 
+    @staticmethod
+    def labelled_parts(knn_of_errors):
+        """Calibration parts of 5 right answers with kNN distances 1..5 and
+        of wrong answers with `knn_of_errors`, and who is right."""
+        rng = np.random.default_rng(7)
+        knn = np.concatenate([np.arange(1.0, 6.0), knn_of_errors])
+        parts = rng.normal(size=(len(knn), 4))
+        parts[:, 2] = knn
+        correct = np.arange(len(knn)) < 5
+        return parts, correct
+
+    @staticmethod
+    def pairwise_auroc(knn, correct):
+        """By hand: the share of (right, wrong) pairs where the right
+        answer is nearer its neighbours, ties one half."""
+        right, wrong = knn[correct], knn[~correct]
+        wins = [(r < w) + 0.5 * (r == w) for r in right for w in wrong]
+        return float(np.mean(wins))
+
+    @pytest.mark.parametrize(
+        "knn_of_errors, kept",
+        [
+            ([6.0, 7.0], True),  # errors farthest: AUROC 1
+            ([0.0, 0.5], False),  # errors nearest: AUROC 0
+            ([2.5, 4.0], False),  # 5.5 of 10 pairs: AUROC 0.55
+            ([3.0, 4.5], True),  # 6.5 of 10 pairs (a tie): AUROC 0.65
+        ],
+    )
+    def test_knn_weight_from_labels(self, knn_of_errors, kept):
+        parts, correct = self.labelled_parts(knn_of_errors)
+        expected_auroc = self.pairwise_auroc(parts[:, 2], correct)
+        layer = make_layer(gate_quantile=0.8)
+        auroc = layer.calibrate(parts, correct)
+        assert auroc == pytest.approx(expected_auroc)
+        np.testing.assert_array_equal(
+            to_numpy(layer.signal_weights), [1.0, 1.0, float(kept)]
+        )
+        queries = np.random.default_rng(8).normal(size=(6, 4))
+        np.testing.assert_allclose(
+            to_numpy(layer.combine(queries)),
+            numpy_combine(queries, parts, 0.8, knn_weight=float(kept)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+    @pytest.mark.parametrize("labels", ["none", "all_right", "all_wrong"])
+    def test_knn_kept_without_right_and_wrong_answers(self, labels):
+        parts, correct = self.labelled_parts([0.0, 0.5])
+        layer = make_layer()
+        layer.calibrate(parts, correct)  # drops the kNN distance
+        correct = {
+            "none": None,
+            "all_right": np.ones(len(parts), bool),
+            "all_wrong": np.zeros(len(parts), bool),
+        }[labels]
+        assert layer.calibrate(parts, correct) is None
+        np.testing.assert_array_equal(to_numpy(layer.signal_weights), [1] * 3)
+
+    def test_knn_weight_ignores_non_finite_rows(self):
+        parts, correct = self.labelled_parts([6.0, 7.0])
+        # A wrong answer nearer than all right ones, but with a NaN signal:
+        # not calibrated on, so the AUROC stays 1.
+        parts = np.concatenate([parts, [[0.0, 0.0, 0.0, np.nan]]])
+        correct = np.append(correct, False)
+        assert make_layer().calibrate(parts, correct) == 1.0
+
+    def test_knn_weight_needs_one_label_per_row(self):
+        parts, correct = self.labelled_parts([6.0, 7.0])
+        with pytest.raises(ValueError, match=r"shape \(7,\).*shape \(6,\)"):
+            make_layer().calibrate(parts, correct[:-1])
+
     def test_calibrate_needs_two_finite_rows(self):
         parts = np.ones((3, 4))
         parts[1:, 2] = np.nan
@@ -419,6 +492,29 @@ class TestCombinedConfidence:
             np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
+def test_files_without_signal_weights_keep_the_knn_distance(statistics):
+    # A file of keras-tac 0.3 holds every variable but the last one,
+    # `signal_weights`: its layer loads with all three signals.
+    layer = fitted_layer(statistics)
+    parts, correct = TestCombinedConfidence.labelled_parts([0.0, 0.5])
+    layer.calibrate(parts, correct)
+    store = {}
+    layer.save_own_variables(store)
+    old_store = {key: store[key] for key in store if key != str(len(store) - 1)}
+    restored = make_layer()
+    restored.load_own_variables(old_store)
+    np.testing.assert_array_equal(to_numpy(restored.signal_weights), [1] * 3)
+    for name in ("centers", "scales", "gate_center", "bank", "ready"):
+        np.testing.assert_array_equal(
+            to_numpy(getattr(restored, name)), to_numpy(getattr(layer, name))
+        )
+    # A new file keeps the dropped kNN distance.
+    restored.load_own_variables(store)
+    np.testing.assert_array_equal(
+        to_numpy(restored.signal_weights), [1.0, 1.0, 0.0]
+    )
+
+
 @pytest.mark.parametrize("k", [1, 3, 10])
 def test_kth_largest_counts_ties_as_a_sort(k):
     from keras_tac.src.confidence_ops import kth_largest
@@ -518,8 +614,8 @@ def test_keras_layer_harness():
         expected_output_dtype={"confidence": "float32", "parts": "float32"},
         expected_num_trainable_weights=0,
         # Means and precisions of 2 taps, present, bank, bank_valid,
-        # centers, scales, gate_center, gate_scale, ready.
-        expected_num_non_trainable_weights=12,
+        # centers, scales, gate_center, gate_scale, ready, signal_weights.
+        expected_num_non_trainable_weights=13,
         # The harness's training model calls its layer on one input.
         run_training_check=False,
         run_mixed_precision_check=True,

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tac.src import keras_internals
+from keras_tac.src import metrics
 from keras_tac.src import validation
 from keras_tac.src.api_export import keras_tac_export
 from keras_tac.src.confidence_ops import knn_distance
@@ -17,6 +19,13 @@ PARTS = ("tac", "log_softmax", "knn", "novelty")
 # The gate's center when the held-out inputs are too few to place it: no
 # finite novelty reaches it, so the gate stays open.
 OPEN_GATE = float(np.finfo("float32").max)
+# With labelled held-out inputs, the kNN distance counts only if it ranks
+# their errors with an AUROC above this. On training banks of a few dozen
+# to a few hundred inputs it often ranks them worse than chance (0.36 to
+# 0.49 on five of the small-data rows); on the image sets, 0.88 and above.
+# 0.6 was chosen among 0.5, 0.55 and 0.6 on that table
+# (`docs/architectures.md`, "Small data").
+KNN_MIN_ERROR_AUROC = 0.6
 
 
 def conformal_quantile(values, quantile):
@@ -49,7 +58,7 @@ class CombinedConfidence(keras.layers.Layer):
     (`mahalanobis_novelty`):
 
     ```
-    E = z(-d_pred) + z(log max p) - z(knn)      # each z standardised
+    E = z(-d_pred) + z(log max p) - w * z(knn)  # each z standardised
     confidence = E - gate_weight * sigmoid((D - q) / (gate_width * s_D))
     ```
 
@@ -59,8 +68,12 @@ class CombinedConfidence(keras.layers.Layer):
     `ceil((n + 1) * gate_quantile)`-th smallest of `n`, so that a new
     in-distribution input passes with probability at least
     `gate_quantile`; with too few held-out inputs to place it, 98 or
-    fewer at 0.99, the gate stays open) and `s_D` its standard deviation:
-    inputs as typical as the training data are ranked by `E`, which detects
+    fewer at 0.99, the gate stays open) and `s_D` its standard deviation.
+    `w` is 1, or 0 when the held-out inputs are labelled and the kNN
+    distance ranks their errors no better than an AUROC of
+    `KNN_MIN_ERROR_AUROC` (0.6): on small training sets it can rank them
+    worse than chance. Inputs as typical as the training data are ranked
+    by `E`, which detects
     errors, while inputs more novel than almost all held-out ones lose
     `gate_weight` points, so that out-of-distribution inputs rank below
     in-distribution ones. The class means, shared covariances and the kNN
@@ -159,6 +172,8 @@ class CombinedConfidence(keras.layers.Layer):
         self.gate_scale = self._state("gate_scale", (), "ones")
         # 1 once `fit_statistics` and `calibrate` have set the above.
         self.ready = self._state("ready", ())
+        # Made last: files saved before it existed lack only this one.
+        self.signal_weights = self._state("signal_weights", (3,), "ones")
         self.built = True
 
     def _state(self, name, shape, initializer="zeros"):
@@ -208,7 +223,7 @@ class CombinedConfidence(keras.layers.Layer):
         # The kNN distance counts against confidence.
         signs = ops.convert_to_tensor([1.0, 1.0, -1.0], "float32")
         standard = (parts[:, :3] - self.centers) / self.scales
-        evidence = ops.sum(standard * signs, axis=-1)
+        evidence = ops.sum(standard * signs * self.signal_weights, axis=-1)
         gate = ops.sigmoid(
             (parts[:, 3] - self.gate_center)
             / (self.gate_width * self.gate_scale)
@@ -239,11 +254,35 @@ class CombinedConfidence(keras.layers.Layer):
         self.bank_valid.assign(valid)
         self.ready.assign(0.0)
 
-    def calibrate(self, parts):
-        """Sets the standardisation and the gate from the raw `parts` of
-        held-out in-distribution inputs (finite rows, NumPy)."""
+    def calibrate(self, parts, correct=None):
+        """Sets the standardisation, the gate and the kNN weight from the
+        raw `parts` of held-out in-distribution inputs (finite rows,
+        NumPy).
+
+        Args:
+            parts: array `(n, 4)`, the `"parts"` of held-out inputs.
+            correct: optional bool array `(n,)`: whether the base's
+                prediction of each input is right. With both right and
+                wrong answers among the finite rows, the kNN distance keeps
+                its weight only if it ranks the wrong ones below the right
+                ones with an AUROC above `KNN_MIN_ERROR_AUROC`.
+
+        Returns:
+            The kNN distance's error AUROC on those inputs, or `None`
+            without labels or without both right and wrong answers.
+        """
         parts = np.asarray(parts, "float64")
-        parts = parts[np.all(np.isfinite(parts), axis=1)]
+        finite = np.all(np.isfinite(parts), axis=1)
+        if correct is not None:
+            correct = np.asarray(correct, bool)
+            if correct.shape != finite.shape:
+                raise ValueError(
+                    "Invalid `correct`: expected one bool per row of "
+                    f"`parts`, shape {finite.shape}. Received shape "
+                    f"{correct.shape}"
+                )
+            correct = correct[finite]
+        parts = parts[finite]
         if len(parts) < 2:
             raise ValueError(
                 "Cannot calibrate the combined confidence: it needs at least "
@@ -257,7 +296,25 @@ class CombinedConfidence(keras.layers.Layer):
             np.float32(conformal_quantile(novelty, self.gate_quantile))
         )
         self.gate_scale.assign(np.float32(max(novelty.std(), 1e-6)))
+        knn_auroc = None
+        if correct is not None and 0 < correct.sum() < len(correct):
+            knn_auroc = metrics.roc_auc(-parts[:, 2], correct)
+        keep_knn = knn_auroc is None or knn_auroc > KNN_MIN_ERROR_AUROC
+        self.signal_weights.assign(
+            np.array([1.0, 1.0, float(keep_knn)], "float32")
+        )
         self.ready.assign(1.0)
+        return knn_auroc
+
+    def load_own_variables(self, store):
+        # Files of keras-tac 0.3 and earlier have no `signal_weights` (the
+        # last variable): they keep all three signals, as they did.
+        own = keras_internals.own_variables(self)
+        if len(store.keys()) == len(own) - 1:
+            values = {key: store[key] for key in store.keys()}
+            values[str(len(own) - 1)] = np.ones(3, "float32")
+            store = values
+        super().load_own_variables(store)
 
     def compute_output_spec(self, base_output, pooled, tac_score, **kwargs):
         batch = base_output.shape[0]
