@@ -188,6 +188,27 @@ class TestPGD:
                 err_msg=key,
             )
 
+    def test_differentiable_confidence_without_the_knn_distance(
+        self, tac, data
+    ):
+        # The attacked confidence follows the layer when `calibrate` left
+        # the kNN distance out.
+        x = keras.ops.convert_to_tensor(data[2][0][:32])
+        weights = tac.confidence_layer.signal_weights
+        calibrated = keras.ops.convert_to_numpy(weights)
+        try:
+            weights.assign([1.0, 1.0, 1.0])
+            with_knn = pgd_lib.differentiable_outputs(tac, x)["confidence"]
+            weights.assign([1.0, 1.0, 0.0])
+            expected = tac.predict(data[2][0][:32], verbose=0)["confidence"]
+            outputs = pgd_lib.differentiable_outputs(tac, x)
+        finally:
+            weights.assign(calibrated)
+        confidence = keras.ops.convert_to_numpy(outputs["confidence"])
+        np.testing.assert_allclose(confidence, expected, rtol=1e-4, atol=1e-3)
+        with_knn = keras.ops.convert_to_numpy(with_knn)
+        assert not np.allclose(confidence, with_knn, atol=1e-2)
+
     def test_returns_numpy_for_backend_tensors(self, cnn, data):
         x, y = data[2][0][:8], data[2][1][:8]
         x_adv = attacks.pgd(cnn, keras.ops.convert_to_tensor(x), y, steps=2)

@@ -490,12 +490,8 @@ def combined_confidence(layer, parts, gate):
     1 as `u` grows and to 0 once the input passes the gate.
     """
     parts = ops.cast(parts, "float32")
-    signs = ops.convert_to_tensor([1.0, 1.0, -1.0], "float32")
-    standard = (parts[:, :3] - layer.centers) / layer.scales
-    evidence = ops.sum(standard * signs, axis=-1)
-    activation = (parts[:, 3] - layer.gate_center) / (
-        layer.gate_width * layer.gate_scale
+    combined = layer.evidence(parts) - layer.gate_weight * gate(
+        layer.gate_activation(parts)
     )
-    combined = evidence - layer.gate_weight * gate(activation)
     ready = ops.greater(layer.ready, 0.5)
     return ops.where(ready, combined, parts[:, 0])

@@ -21,10 +21,10 @@ PARTS = ("tac", "log_softmax", "knn", "novelty")
 OPEN_GATE = float(np.finfo("float32").max)
 # With labelled held-out inputs, the kNN distance counts only if it ranks
 # their errors with an AUROC above this. On training banks of a few dozen
-# to a few hundred inputs it often ranks them worse than chance (0.36 to
-# 0.49 on five of the small-data rows); on the image sets, 0.88 and above.
-# 0.6 was chosen among 0.5, 0.55 and 0.6 on that table
-# (`docs/architectures.md`, "Small data").
+# to a few hundred inputs it often ranks them worse than chance (0.34 to
+# 0.49 on nine series rows of the small-data table); on the image and
+# architecture runs, 0.68 and above. 0.6 was chosen among 0.5, 0.55 and
+# 0.6 on that table (`docs/architectures.md`, "Small data").
 KNN_MIN_ERROR_AUROC = 0.6
 
 
@@ -73,8 +73,8 @@ class CombinedConfidence(keras.layers.Layer):
     distance ranks their errors no better than an AUROC of
     `KNN_MIN_ERROR_AUROC` (0.6): on small training sets it can rank them
     worse than chance. Inputs as typical as the training data are ranked
-    by `E`, which detects
-    errors, while inputs more novel than almost all held-out ones lose
+    by `E`, which detects errors, while inputs more novel than almost all
+    held-out ones lose
     `gate_weight` points, so that out-of-distribution inputs rank below
     in-distribution ones. The class means, shared covariances and the kNN
     bank come from the training data (`TACModel.fit_statistics`, which
@@ -219,16 +219,25 @@ class CombinedConfidence(keras.layers.Layer):
     def combine(self, parts):
         """The confidence from the raw `parts` `(batch, 4)` and the
         calibration stored in this layer."""
+        gate = ops.sigmoid(self.gate_activation(parts))
+        return self.evidence(parts) - self.gate_weight * gate
+
+    def evidence(self, parts):
+        """`E` of the formula: the weighted sum of the standardised
+        signals of `parts` `(batch, 4)`."""
         parts = ops.cast(parts, "float32")
         # The kNN distance counts against confidence.
         signs = ops.convert_to_tensor([1.0, 1.0, -1.0], "float32")
         standard = (parts[:, :3] - self.centers) / self.scales
-        evidence = ops.sum(standard * signs * self.signal_weights, axis=-1)
-        gate = ops.sigmoid(
-            (parts[:, 3] - self.gate_center)
-            / (self.gate_width * self.gate_scale)
+        return ops.sum(standard * signs * self.signal_weights, axis=-1)
+
+    def gate_activation(self, parts):
+        """The novelty gate's pre-activation `(D - q) / (gate_width * s_D)`
+        of `parts` `(batch, 4)`."""
+        parts = ops.cast(parts, "float32")
+        return (parts[:, 3] - self.gate_center) / (
+            self.gate_width * self.gate_scale
         )
-        return evidence - self.gate_weight * gate
 
     def set_statistics(self, means, precisions, present, bank):
         """Stores the training statistics (NumPy arrays): per-tap class
