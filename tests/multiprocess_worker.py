@@ -234,6 +234,18 @@ def barrier(name):
         multihost_utils.sync_global_devices(name)
 
 
+def calibration_of(tac):
+    """What `calibrate` stored in the combined confidence: the signals'
+    centers and scales, and the kNN weight."""
+    layer = tac.confidence_layer
+    return {
+        f"calibration_{name}": np.asarray(
+            keras.ops.convert_to_numpy(getattr(layer, name))
+        )
+        for name in ("centers", "scales", "signal_weights")
+    }
+
+
 def statistics_of(tac):
     """The combined confidence's training statistics, by weight name."""
     layer = tac.confidence_layer
@@ -273,6 +285,7 @@ def run(mode, data, base_weights):
             shard(x_cal, y_cal, kind=kind), target_coverage=0.8, verbose=0
         )
     result["threshold"] = np.float64(tac.threshold)
+    result.update(calibration_of(tac))
     result["calibrated_coverage"] = np.float64(summary["coverage"])
     result["num_reference_scores"] = np.int64(
         tac.calibration_record.num_reference_scores
@@ -310,6 +323,7 @@ def run(mode, data, base_weights):
                 verbose=0,
             )
         result["shard_threshold"] = np.float64(tac.threshold)
+        result.update({f"shard_{k}": v for k, v in calibration_of(tac).items()})
     np.savez(os.path.join(ARGS.outdir, f"{mode}_{NPROC}_{PID}.npz"), **result)
 
 
