@@ -234,10 +234,11 @@ def calibrate(
     _warn_if_training_like(outputs, labels, finite)
     tuning = _tuning_mask(model, targets, len(finite))
     confidence = outputs["confidence"]
+    correct = None if labels is None else outputs["prediction"] == labels
     knn_auroc = None
     if model.confidence_layer is not None:
         confidence, knn_auroc = _calibrated_combined(
-            model, outputs, labels, tuning
+            model, outputs, correct, tuning
         )
     valid = finite & np.isfinite(confidence)
     if not valid.any():
@@ -246,7 +247,6 @@ def calibrate(
             "confidence (all inputs are non-finite)."
         )
     confidence = np.where(valid, confidence, np.nan)
-    correct = None if labels is None else outputs["prediction"] == labels
     if per_class:
         threshold = None
         class_thresholds, extra = _per_class_thresholds(
@@ -415,7 +415,7 @@ def _per_class_thresholds(
     return values, extra
 
 
-def _calibrated_combined(model, outputs, labels, tuning):
+def _calibrated_combined(model, outputs, correct, tuning):
     """Calibrates the combined confidence on the held-out inputs' raw
     signals (the tuning part's only, when split); returns its values on
     all of them, and the kNN distance's error AUROC there (or `None`)."""
@@ -430,7 +430,6 @@ def _calibrated_combined(model, outputs, labels, tuning):
     fitting = outputs["input_is_finite"]
     if tuning is not None:
         fitting = fitting & tuning
-    correct = None if labels is None else outputs["prediction"] == labels
     knn_auroc = layer.calibrate(
         parts[fitting], None if correct is None else correct[fitting]
     )
