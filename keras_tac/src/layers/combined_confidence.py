@@ -74,14 +74,13 @@ class CombinedConfidence(keras.layers.Layer):
     `KNN_MIN_ERROR_AUROC` (0.6): on small training sets it can rank them
     worse than chance. Inputs as typical as the training data are ranked
     by `E`, which detects errors, while inputs more novel than almost all
-    held-out ones lose
-    `gate_weight` points, so that out-of-distribution inputs rank below
-    in-distribution ones. The class means, shared covariances and the kNN
-    bank come from the training data (`TACModel.fit_statistics`, which
-    `fit` calls). Until those statistics and the calibration exist, the
-    confidence is `-d_pred`, TAC's own score. Everything lives in
-    non-trainable weights: saved with the model and computed inside
-    exported serving functions.
+    held-out ones lose `gate_weight` points, so that out-of-distribution
+    inputs rank below in-distribution ones. The class means, shared
+    covariances and the kNN bank come from the training data
+    (`TACModel.fit_statistics`, which `fit` calls). Until those
+    statistics and the calibration exist, the confidence is `-d_pred`,
+    TAC's own score. Everything lives in non-trainable weights: saved with
+    the model and computed inside exported serving functions.
 
     Args:
         num_classes: int.
