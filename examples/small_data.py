@@ -8,7 +8,7 @@ Description: The library's default call (`TACModel(base)`, `compile()`,
     (a Conv1D and an MLP each) and four scikit-learn tables (an MLP): does
     TAC's head learn what the base knows, and does the default confidence
     rank the base's errors at least as well as max softmax?
-Accelerator: None (CPU: about 24 minutes on 2 shared cores on TensorFlow;
+Accelerator: None (CPU: about 35 minutes on 2 shared cores on TensorFlow;
     --quick about 1)
 """
 
