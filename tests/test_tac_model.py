@@ -173,6 +173,21 @@ OTHER_ENDINGS = {
 }
 
 
+class SoftmaxOfItsOwn(keras.layers.Layer):
+    """A softmax written outside Keras: nothing in the graph says so."""
+
+    def call(self, inputs):
+        return ops.softmax(inputs)
+
+
+class DenseOfItsOwn(keras.layers.Dense):
+    """A custom layer whose `activation` can be read."""
+
+
+def custom_ending():
+    return [keras.layers.Dense(3), SoftmaxOfItsOwn(name="own_softmax")]
+
+
 def lambda_ending():
     return [
         keras.layers.Dense(3),
@@ -234,6 +249,38 @@ class TestBaseOutput:
                 base, tap_layers=["features"], base_output="probabilities"
             )
         assert explicit.base_outputs_probabilities
+
+
+    def test_custom_ending_warns_and_names_its_class(self):
+        base = nested_base(custom_ending, depth=1)
+        x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+        # The oracle: the base's rows are probabilities, which the graph
+        # cannot tell.
+        np.testing.assert_allclose(
+            base.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5
+        )
+        with pytest.warns(UserWarning, match="SoftmaxOfItsOwn.*base_output="):
+            tac = keras_tac.TACModel(base, tap_layers=["features"])
+        assert not tac.base_outputs_probabilities
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            explicit = keras_tac.TACModel(
+                base, tap_layers=["features"], base_output="probabilities"
+            )
+        assert explicit.base_outputs_probabilities
+
+    @pytest.mark.parametrize("activation", ["softmax", None])
+    def test_custom_layer_with_an_activation_is_read(self, activation):
+        base = nested_base(
+            lambda: [DenseOfItsOwn(3, activation=activation)], depth=0
+        )
+        x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+        sums = base.predict(x, verbose=0).sum(axis=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tac = keras_tac.TACModel(base, tap_layers=["features"])
+        assert tac.base_outputs_probabilities == bool(np.allclose(sums, 1.0))
+        assert tac.base_outputs_probabilities == (activation == "softmax")
 
 
 class TestForward:

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -254,3 +256,56 @@ def assert_pooled_taps_differ(model, taps):
                 taps[i],
                 taps[j],
             )
+
+
+def channels_first_cnn():
+    inputs = keras.Input((3, 8, 8))
+    h = keras.layers.Conv2D(
+        8, 3, data_format="channels_first", name="conv"
+    )(inputs)
+    h = keras.layers.Activation("relu", name="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(
+        data_format="channels_first", name="gap"
+    )(h)
+    h = keras.layers.Dense(16, activation="relu", name="hidden")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+
+
+class TestChannelsFirst:
+    def test_a_channels_first_tap_warns(self):
+        model = channels_first_cnn()
+        # The oracle: the conv's last axis is spatial (6), not its 8
+        # channels, so pooling all but the last axis would mix channels.
+        assert model.get_layer("conv").output.shape[1:] == (8, 6, 6)
+        with pytest.warns(UserWarning, match="'conv'.*channels-first"):
+            tapping.resolve_taps(model, ["conv", "hidden"])
+        # Rank-2 outputs have no spatial axes: any data format is fine.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tapping.resolve_taps(model, ["gap"])[0][0] == "gap"
+
+    def test_a_layer_after_a_channels_first_one_warns(self):
+        # The activation has no `data_format`; it keeps the conv's layout.
+        with pytest.warns(UserWarning, match="'relu'.*channels-first"):
+            tapping.resolve_taps(channels_first_cnn(), ["relu"])
+
+    def test_defaults_skip_channels_first_layers(self):
+        assert tapping.default_tap_layers(channels_first_cnn()) == ["hidden"]
+
+    def test_unknown_layout_warns_under_channels_first(self):
+        # A reshape has no `data_format`, nor has the input before it.
+        inputs = keras.Input((48,))
+        h = keras.layers.Reshape((3, 4, 4), name="grid")(inputs)
+        h = keras.layers.Flatten()(h)
+        h = keras.layers.Dense(8, activation="relu", name="hidden")(h)
+        model = keras.Model(inputs, keras.layers.Dense(3)(h))
+        previous = keras.config.image_data_format()
+        try:
+            keras.config.set_image_data_format("channels_first")
+            with pytest.warns(UserWarning, match="'grid'.*channels_first"):
+                tapping.resolve_taps(model, ["grid"])
+        finally:
+            keras.config.set_image_data_format(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tapping.resolve_taps(model, ["grid"])

@@ -88,7 +88,9 @@ class TACModel(FrozenBaseMixin, keras.Model):
         mixup_alpha: float. Mixup with `Beta(alpha, alpha)` weights in
             training when positive. Defaults to `0`.
         base_output: `"logits"`, `"probabilities"` or `"auto"` (a final
-            softmax means probabilities). Defaults to `"auto"`.
+            softmax means probabilities; a final `Lambda`, or a custom
+            layer without an `activation`, is taken for logits with a
+            warning). Defaults to `"auto"`.
         **kwargs: `keras.Model` arguments such as `name`.
 
     Example:

@@ -89,8 +89,57 @@ def resolve_taps(model, tap_layers):
                 f"Duplicate tap layer {matches[0][0]!r}: each layer may be "
                 f"tapped once. Received: tap_layers={tap_layers!r}"
             )
+        _check_channels_last(*matches[0])
         resolved.append(matches[0])
     return resolved
+
+
+def _data_format(layer, max_depth=64):
+    """The `data_format` of `layer`, else of the nearest layer before it
+    that has one (an activation or a normalization after a convolution
+    keeps its layout), or `None` when none says."""
+    for _ in range(max_depth):
+        data_format = getattr(layer, "data_format", None)
+        if data_format is not None:
+            return data_format
+        inbound = keras_internals.inbound_layers(layer)
+        if not inbound:
+            return None
+        layer = inbound[0]
+    return None
+
+
+def _check_channels_last(path, layer):
+    """Warns about a channels-first tap of rank 3 or more: `TapPooling`
+    averages every axis but the last, which then keeps a spatial axis and
+    averages the channels away. A warning, not an error, so that a model
+    saved with such a tap still loads."""
+    shape = _output_shape(layer)
+    if shape is None or len(shape) <= 2:
+        return
+    data_format = _data_format(layer)
+    if data_format == "channels_first":
+        what = (
+            "is channels-first (`data_format='channels_first'`, its own or "
+            "that of the layer it follows)"
+        )
+    elif data_format is None and (
+        keras.config.image_data_format() == "channels_first"
+    ):
+        what = (
+            "does not say where its channels are, and Keras's image data "
+            "format is 'channels_first'"
+        )
+    else:
+        return
+    warnings.warn(
+        f"TACModel: tap {path!r} (output shape {shape}) {what}. TAC pools "
+        "taps over every axis but the last (channels last), so a "
+        "channels-first tap keeps a spatial axis and mixes the channels. "
+        "Tap channels-last layers, or flattened or globally pooled ones.",
+        # Through resolve_taps and built_taps, to TACModel's caller.
+        stacklevel=5,
+    )
 
 
 @keras_tac_export("keras_tac.tapping.default_tap_layers")
@@ -187,6 +236,9 @@ def _candidates(model, min_width):
         if shape is None or len(shape) < 2 or not shape[-1]:
             continue
         if shape[-1] < min_width:
+            continue
+        if len(shape) > 2 and _data_format(layer) == "channels_first":
+            # Its last axis is spatial: TAC's pooling cannot read it.
             continue
         candidates.append((path, layer, (len(shape), *shape[1:-1])))
     return candidates
@@ -457,22 +509,31 @@ def build_head(head, tap_model, tap_paths):
 def ends_in_softmax(model):
     """Whether the base's output is a softmax, following nested models.
 
-    A `Lambda` at the end cannot be read: it is taken for logits, with a
-    warning naming `base_output=`."""
+    A final layer whose output cannot be read from the graph (a `Lambda`,
+    or a layer defined outside Keras without an `activation`) is taken for
+    logits, with a warning naming `base_output=`."""
     layer = keras_internals.output_layer(model)
     while isinstance(layer, keras.Model):
         layer = keras_internals.output_layer(layer)
     if isinstance(layer, keras.layers.Softmax):
         return True
-    if isinstance(layer, keras.layers.Lambda):
+    activation = getattr(layer, "activation", None)
+    custom = not type(layer).__module__.startswith("keras.")
+    if isinstance(layer, keras.layers.Lambda) or (
+        custom and activation is None
+    ):
+        kind = (
+            "a Lambda layer"
+            if isinstance(layer, keras.layers.Lambda)
+            else f"a {type(layer).__name__} layer (not a Keras layer)"
+        )
         warnings.warn(
-            f"TACModel: the base model ends in a Lambda layer "
-            f"({layer.name!r}), so whether it outputs logits or "
-            "probabilities cannot be read from the graph; taken as logits. "
-            "Pass `base_output='probabilities'` if it ends in a softmax, or "
+            f"TACModel: the base model ends in {kind} ({layer.name!r}), so "
+            "whether it outputs logits or probabilities cannot be read "
+            "from the graph; taken as logits. Pass "
+            "`base_output='probabilities'` if it ends in a softmax, or "
             "`base_output='logits'` to silence this warning.",
             stacklevel=3,
         )
         return False
-    activation = getattr(layer, "activation", None)
     return activation is keras.activations.softmax or activation == "softmax"
