@@ -250,7 +250,6 @@ class TestBaseOutput:
             )
         assert explicit.base_outputs_probabilities
 
-
     def test_custom_ending_warns_and_names_its_class(self):
         base = nested_base(custom_ending, depth=1)
         x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")

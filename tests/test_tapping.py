@@ -260,9 +260,9 @@ def assert_pooled_taps_differ(model, taps):
 
 def channels_first_cnn():
     inputs = keras.Input((3, 8, 8))
-    h = keras.layers.Conv2D(
-        8, 3, data_format="channels_first", name="conv"
-    )(inputs)
+    h = keras.layers.Conv2D(8, 3, data_format="channels_first", name="conv")(
+        inputs
+    )
     h = keras.layers.Activation("relu", name="relu")(h)
     h = keras.layers.GlobalAveragePooling2D(
         data_format="channels_first", name="gap"
