@@ -92,6 +92,17 @@ def test_apply_asks_for_passes_on_few_batches_only():
     assert kwargs["epochs"] == 4 and budget.stop is None
 
 
+def test_apply_stops_on_catching_up_with_a_frozen_base_only():
+    x = np.zeros((96, 2), "float32")
+    _, budget = training_budget.apply(x, {}, None)
+    assert budget.stop.stop_when_caught_up
+    # A base in training moves on; a validation loss decides alone.
+    _, budget = training_budget.apply(x, {}, None, frozen_base=False)
+    assert not budget.stop.stop_when_caught_up
+    _, budget = training_budget.apply(x, {}, (x, np.zeros(96)))
+    assert not budget.stop.stop_when_caught_up
+
+
 class _Recorder:
     stop_training = False
     trainable_variables = ()
@@ -128,6 +139,37 @@ class TestConvergenceStop:
 
     def test_non_finite_logs_are_ignored(self):
         assert self._run([5.0, float("nan"), 4.0], patience=1) is None
+
+    def test_stops_once_caught_up_with_the_base(self):
+        # Oracle: the first epoch whose TAC accuracy reaches the base's,
+        # however much the loss is still falling.
+        stop = training_budget.ConvergenceStop(
+            patience=100, stop_when_caught_up=True
+        )
+        stop.set_model(_Recorder())
+        stop.on_train_begin()
+        history = [(5.0, 0.5, 0.9), (4.0, 0.89, 0.9), (3.0, 0.9, 0.9)]
+        for epoch, (loss, tac, base) in enumerate(history):
+            stop.on_epoch_end(
+                epoch,
+                {"loss": loss, "tac_accuracy": tac, "base_accuracy": base},
+            )
+            if stop.model.stop_training:
+                break
+        assert (epoch, stop.stopped_epoch, stop.caught_up) == (2, 2, True)
+
+    def test_catching_up_is_ignored_unless_asked_or_unknown(self):
+        logs = {"loss": 1.0, "tac_accuracy": 1.0, "base_accuracy": 1.0}
+        for kwargs, extra in [
+            ({}, {}),
+            ({"stop_when_caught_up": True}, {"tac_accuracy": float("nan")}),
+            ({"stop_when_caught_up": True}, {"base_accuracy": None}),
+        ]:
+            stop = training_budget.ConvergenceStop(patience=100, **kwargs)
+            stop.set_model(_Recorder())
+            stop.on_train_begin()
+            stop.on_epoch_end(0, {**logs, **extra})
+            assert not stop.model.stop_training and not stop.caught_up
 
     def test_restores_the_best_weights(self):
         model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
@@ -195,6 +237,42 @@ class TestAutomaticFit:
         assert ran <= training_budget.auto_epochs(51)
         tac_accuracy = np.mean(tac.predict(x, verbose=0)["tac_prediction"] == y)
         assert tac_accuracy >= base_accuracy - 0.02
+
+    def test_default_fit_stops_once_caught_up(self):
+        x, y = _separable()
+        tac = keras_tac.TACModel(_base(x, y), num_slices=4)
+        tac.compile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            history = tac.fit(x, y, batch_size=32, verbose=0)
+        logs = history.history
+        # Oracle: the logs themselves. Training ended at the first epoch
+        # where TAC's training accuracy reached the base's.
+        reached = [
+            tac_accuracy >= base_accuracy
+            for tac_accuracy, base_accuracy in zip(
+                logs["tac_accuracy"], logs["base_accuracy"]
+            )
+        ]
+        assert reached[-1] and not any(reached[:-1])
+        # The weights kept are the last epoch's: right where the base is.
+        base_right = np.argmax(tac.base_model.predict(x, verbose=0), 1) == y
+        tac_right = tac.predict(x, verbose=0)["tac_prediction"] == y
+        assert tac_right.mean() >= base_right.mean() - 0.02
+
+    def test_a_jointly_trained_base_does_not_stop_on_catching_up(self):
+        x, y = _separable()
+        tac = keras_tac.TACModel(_base(x, y), num_slices=4, train_base=True)
+        tac.compile()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            history = tac.fit(x, y, batch_size=32, verbose=0)
+        logs = history.history
+        reached = np.asarray(logs["tac_accuracy"]) >= np.asarray(
+            logs["base_accuracy"]
+        )
+        # It trains on past the first epoch that caught up.
+        assert reached.any() and len(reached) > np.argmax(reached) + 1
 
     def test_an_explicit_epochs_is_kept(self):
         x, y = _separable()

@@ -141,7 +141,9 @@ def fit(
     _check_adversarial(
         model, adversarial, cache_features, augmentation, feature_cache_dir
     )
-    kwargs, budget = training_budget.apply(x, kwargs, validation_data)
+    kwargs, budget = training_budget.apply(
+        x, kwargs, validation_data, frozen_base=not model.train_base
+    )
     num_samples = _num_samples(x)
     if adversarial is None and feature_cache.should_cache(
         model,
