@@ -942,7 +942,8 @@ class TestLearnedLittleWarning:
         tac.compile()
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
-            # The default call: trained until the loss stops improving.
+            # The default call: trained until TAC catches up with the base
+            # or its loss stops improving.
             history = tac.fit(x, y, verbose=0)
         assert history.history["tac_accuracy"][-1] > 0.9
 
