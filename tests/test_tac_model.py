@@ -188,6 +188,16 @@ def custom_ending():
     return [keras.layers.Dense(3), SoftmaxOfItsOwn(name="own_softmax")]
 
 
+def assert_said_explicitly_without_warning(base):
+    """`base_output="probabilities"` is taken as said, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explicit = keras_tac.TACModel(
+            base, tap_layers=["features"], base_output="probabilities"
+        )
+    assert explicit.base_outputs_probabilities
+
+
 def lambda_ending():
     return [
         keras.layers.Dense(3),
@@ -243,12 +253,7 @@ class TestBaseOutput:
         ]
         assert len(messages) == 1 and "base_output=" in messages[0]
         assert not tac.base_outputs_probabilities
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            explicit = keras_tac.TACModel(
-                base, tap_layers=["features"], base_output="probabilities"
-            )
-        assert explicit.base_outputs_probabilities
+        assert_said_explicitly_without_warning(base)
 
     def test_custom_ending_warns_and_names_its_class(self):
         base = nested_base(custom_ending, depth=1)
@@ -261,12 +266,7 @@ class TestBaseOutput:
         with pytest.warns(UserWarning, match="SoftmaxOfItsOwn.*base_output="):
             tac = keras_tac.TACModel(base, tap_layers=["features"])
         assert not tac.base_outputs_probabilities
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            explicit = keras_tac.TACModel(
-                base, tap_layers=["features"], base_output="probabilities"
-            )
-        assert explicit.base_outputs_probabilities
+        assert_said_explicitly_without_warning(base)
 
     @pytest.mark.parametrize("activation", ["softmax", None])
     def test_custom_layer_with_an_activation_is_read(self, activation):
