@@ -282,9 +282,10 @@ class TACModel(FrozenBaseMixin, keras.Model):
         its loss stops improving (the validation loss, with validation
         data), within a budget of at least 2,000 optimizer steps: on
         small data an epoch is a few steps, and one number of epochs
-        does not fit all. Without validation data and with a frozen base,
-        it stops sooner once TAC is right on the training data as often
-        as the base (trained on, the head overfits small sets). An
+        does not fit all. Without validation data, and with a frozen
+        base right on 99% of the training data, it stops sooner once TAC
+        is right there as often as the base (trained on, the head
+        overfits small sets). An
         explicit `epochs` keeps Keras's meaning.
         `fit` warns when the head ends under-trained: still improving, or
         less accurate than the base on the training data.
